@@ -1,0 +1,201 @@
+"""Prompt sets for the benchmark: the embedded Spec-Bench questions and any user JSONL file.
+
+A prompt set is a list of :class:`Prompt`. Selection is deterministic: the first ``n`` prompts of
+each category in file order, or ``n`` drawn with a fixed seed.
+
+Spec-Bench groups its 80 MT-bench questions (8 categories x 10, ids 81-160) into one category,
+"mt_bench", when it reports; that grouping is the default here too (``group_mt_bench=True``).
+The raw MT-bench category names (writing, roleplay, ...) can still be asked for by name.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from specdecode.errors import SpecDecodeError
+
+SPEC_BENCH = "spec-bench"
+DATASETS = (SPEC_BENCH,)
+
+MT_BENCH_CATEGORIES = (
+    "writing",
+    "roleplay",
+    "reasoning",
+    "math",
+    "coding",
+    "extraction",
+    "stem",
+    "humanities",
+)
+# The category names Spec-Bench reports, in its order.
+SPEC_BENCH_CATEGORIES = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
+DEFAULT_CATEGORY = "default"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    category: str
+    text: str
+
+
+def spec_bench_path() -> Path:
+    """The embedded copy of Spec-Bench's question.jsonl (Apache-2.0, see SPEC_BENCH_LICENSE.md)."""
+    return Path(str(resources.files("specdecode") / "data" / "spec_bench.jsonl"))
+
+
+def read_jsonl(path: str | Path, *, default_category: str = DEFAULT_CATEGORY) -> list[Prompt]:
+    """Read prompts from a JSONL file.
+
+    Each non-blank line is a JSON object with ``prompt`` (a string) or ``turns`` (a list of
+    strings; the first is used), and optionally ``category`` and ``id`` / ``question_id``.
+    Prompts without an id get their 1-based line number. Raises SpecDecodeError naming the
+    file and line for anything malformed, and for a file with no prompts.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpecDecodeError(f"prompt file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecDecodeError(f"cannot read prompt file {path}: {e}") from None
+
+    prompts: list[Prompt] = []
+    seen: set[str] = set()
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SpecDecodeError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise SpecDecodeError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        text = _prompt_text(obj, where)
+        pid = obj.get("id", obj.get("question_id", lineno))
+        if not isinstance(pid, (str, int)) or isinstance(pid, bool):
+            raise SpecDecodeError(f"{where}: 'id' must be a string or an integer")
+        pid = str(pid)
+        if pid in seen:
+            raise SpecDecodeError(f"{where}: duplicate prompt id {pid!r}")
+        seen.add(pid)
+        category = obj.get("category", default_category)
+        if not isinstance(category, str) or not category.strip():
+            raise SpecDecodeError(f"{where}: 'category' must be a non-empty string")
+        prompts.append(Prompt(id=pid, category=category.strip(), text=text))
+    if not prompts:
+        raise SpecDecodeError(f"prompt file {path} holds no prompts")
+    return prompts
+
+
+def _prompt_text(obj: dict, where: str) -> str:
+    if "prompt" in obj:
+        text = obj["prompt"]
+        if not isinstance(text, str):
+            raise SpecDecodeError(f"{where}: 'prompt' must be a string")
+    elif "turns" in obj:
+        turns = obj["turns"]
+        if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
+            raise SpecDecodeError(f"{where}: 'turns' must be a non-empty list of strings")
+        text = turns[0]
+    else:
+        raise SpecDecodeError(f"{where}: a line needs 'prompt' (a string) or 'turns' (a list of strings)")
+    if not text.strip():
+        raise SpecDecodeError(f"{where}: the prompt is empty")
+    return text
+
+
+def group_spec_bench(prompts: list[Prompt]) -> list[Prompt]:
+    """Relabel the MT-bench categories as "mt_bench", as Spec-Bench reports them."""
+    return [Prompt(p.id, "mt_bench", p.text) if p.category in MT_BENCH_CATEGORIES else p for p in prompts]
+
+
+def select(
+    prompts: list[Prompt],
+    *,
+    categories: list[str] | None = None,
+    n_per_category: int | None = None,
+    seed: int | None = None,
+) -> list[Prompt]:
+    """Pick prompts deterministically.
+
+    ``categories`` keeps only those categories (unknown names are an error), in the order
+    given; otherwise categories keep their order of first appearance. ``n_per_category`` keeps
+    the first n of each category in file order, or n drawn with ``random.Random(seed)`` when a
+    seed is given (the drawn prompts keep their file order). ``None`` keeps all.
+    """
+    by_cat: dict[str, list[Prompt]] = {}
+    for p in prompts:
+        by_cat.setdefault(p.category, []).append(p)
+    if categories is not None:
+        unknown = [c for c in categories if c not in by_cat]
+        if unknown:
+            raise SpecDecodeError(
+                f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
+                f"this prompt set has: {', '.join(by_cat)}"
+            )
+        order = list(dict.fromkeys(categories))
+    else:
+        order = list(by_cat)
+    if n_per_category is not None and n_per_category < 1:
+        raise SpecDecodeError(f"--n-per-category must be at least 1, got {n_per_category}")
+    chosen: list[Prompt] = []
+    for cat in order:
+        items = by_cat[cat]
+        if n_per_category is not None and n_per_category < len(items):
+            if seed is None:
+                items = items[:n_per_category]
+            else:
+                # A per-category generator: adding a category does not change the others' picks.
+                rng = random.Random(f"{seed}:{cat}")
+                keep = sorted(rng.sample(range(len(items)), n_per_category))
+                items = [items[i] for i in keep]
+        chosen.extend(items)
+    if not chosen:
+        raise SpecDecodeError("the prompt set is empty")
+    return chosen
+
+
+def load_prompts(
+    *,
+    dataset: str | None = None,
+    prompts_file: str | Path | None = None,
+    categories: list[str] | None = None,
+    n_per_category: int | None = None,
+    seed: int | None = None,
+    group_mt_bench: bool = True,
+) -> list[Prompt]:
+    """The prompt set for a bench run: ``dataset`` (``"spec-bench"``) or ``prompts_file``.
+
+    For Spec-Bench, categories are the six Spec-Bench reports (mt_bench, translation,
+    summarization, qa, math_reasoning, rag); asking for a raw MT-bench category (e.g.
+    "coding") selects just those questions under that name.
+    """
+    if (dataset is None) == (prompts_file is None):
+        raise SpecDecodeError("give exactly one of --dataset or --prompts")
+    if prompts_file is not None:
+        return select(
+            read_jsonl(prompts_file), categories=categories, n_per_category=n_per_category, seed=seed
+        )
+    if dataset != SPEC_BENCH:
+        raise SpecDecodeError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    path = spec_bench_path()
+    if not path.is_file():
+        raise SpecDecodeError(f"the embedded Spec-Bench file is missing ({path}); reinstall specdecode")
+    raw = read_jsonl(path)
+    if not group_mt_bench:
+        return select(raw, categories=categories, n_per_category=n_per_category, seed=seed)
+    wanted_raw = [c for c in (categories or []) if c in MT_BENCH_CATEGORIES]
+    if not wanted_raw:
+        return select(group_spec_bench(raw), categories=categories, n_per_category=n_per_category, seed=seed)
+    if "mt_bench" in categories:
+        raise SpecDecodeError(
+            f"ask for either mt_bench or some of its parts ({', '.join(wanted_raw)}), not both"
+        )
+    # Raw MT-bench names keep their own label; the other categories are the same either way.
+    return select(raw, categories=categories, n_per_category=n_per_category, seed=seed)

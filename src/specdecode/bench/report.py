@@ -1,0 +1,247 @@
+"""Bench reports: the Markdown table beside the JSON, and ``bench --compare OLD NEW``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from specdecode.errors import SpecDecodeError
+
+
+def _fmt(x, spec: str = ".2f", none: str = "-") -> str:
+    if x is None:
+        return none
+    if isinstance(x, float):
+        return format(x, spec)
+    return str(x)
+
+
+def _identity_cell(s: dict) -> str:
+    ident = s.get("identical_to_ar")
+    if ident is None:
+        return "-"
+    cell = f"{ident}/{s.get('prompts', '?')}"
+    differs = s.get("differs_from_ar") or 0
+    if differs:
+        ties = s.get("near_ties") or 0
+        errors = s.get("real_errors", differs - ties)
+        cell += f" ({ties} near-tie, {errors} real)"
+    return cell
+
+
+def markdown_report(result: dict) -> str:
+    """A Markdown page for a bench result dict (as written to the JSON file)."""
+    meta = result.get("meta", {})
+    summary = result.get("summary", {})
+    categories = result.get("categories", {})
+    out: list[str] = ["# specdecode bench", ""]
+    if result.get("interrupted"):
+        out += ["**Interrupted:** partial results (the prompts finished before the stop).", ""]
+    elif result.get("complete") is False:
+        out += ["**Incomplete:** the run has not finished (or crashed); partial results.", ""]
+    machine = meta.get("machine", {})
+    rows = [
+        ("model", meta.get("model")),
+        ("draft", meta.get("draft")),
+        ("device", meta.get("device")),
+        ("dtype", meta.get("dtype")),
+        ("machine", _machine_line(machine)),
+        ("torch / transformers", f"{meta.get('torch')} / {meta.get('transformers')}"),
+        ("prompts", _prompts_line(meta)),
+        ("max new tokens", meta.get("max_new_tokens")),
+        ("temperature", meta.get("temperature")),
+        ("warm-up prompts", meta.get("warmup")),
+        ("speedup baseline", meta.get("baseline")),
+        ("identity reference", meta.get("reference")),
+        ("memory", meta.get("memory_kind")),
+        ("date", meta.get("date")),
+        ("command", f"`{meta['command']}`" if meta.get("command") else None),
+    ]
+    for k, v in rows:
+        if v is not None:
+            out.append(f"- {k}: {v}")
+    out.append("")
+
+    base = meta.get("baseline") or "baseline"
+    ref = meta.get("reference") or "ar"
+    out += [
+        "## Overall",
+        "",
+        f"| method | tokens/s | speedup vs {base} | mean accepted | identical to {ref} | peak memory MB | prompts |",
+        "|---|---:|---:|---:|---|---:|---:|",
+    ]
+    for m, s in summary.items():
+        out.append(
+            f"| {m} | {_fmt(s.get('tokens_per_second'), '.1f')} | {_fmt(s.get('speedup'), '.2f')}"
+            f"{'x' if s.get('speedup') is not None else ''} | {_fmt(s.get('mean_accepted'), '.2f')} "
+            f"| {_identity_cell(s)} | {_fmt(s.get('peak_memory_mb'), '.0f')} | {s.get('prompts', '-')} |"
+        )
+    out.append("")
+
+    methods = list(summary)
+    if categories and methods:
+        out += [
+            f"## Speedup vs {base} by category (tokens/s in brackets)",
+            "",
+            "| category | " + " | ".join(methods) + " |",
+            "|---|" + "---:|" * len(methods),
+        ]
+        for c, per in categories.items():
+            cells = []
+            for m in methods:
+                s = per.get(m)
+                if not s:
+                    cells.append("-")
+                    continue
+                sp = s.get("speedup")
+                tps = _fmt(s.get("tokens_per_second"), ".1f")
+                cells.append(f"{sp:.2f}x ({tps})" if sp is not None else f"- ({tps})")
+            out.append(f"| {c} | " + " | ".join(cells) + " |")
+        out.append("")
+
+    hists = {m: s.get("accept_histogram") for m, s in summary.items() if s.get("accept_histogram")}
+    if hists:
+        lengths = sorted({int(k) for h in hists.values() for k in h})
+        out += [
+            "## Accepted tokens per step (share of steps)",
+            "",
+            "| method | " + " | ".join(str(n) for n in lengths) + " |",
+            "|---|" + "---:|" * len(lengths),
+        ]
+        for m, h in hists.items():
+            total = sum(h.values()) or 1
+            cells = [f"{100 * h.get(str(n), 0) / total:.0f}%" for n in lengths]
+            out.append(f"| {m} | " + " | ".join(cells) + " |")
+        out.append("")
+
+    curve = result.get("latency_curve")
+    if curve:
+        ns, secs = curve.get("ns", []), curve.get("seconds", [])
+        if ns and secs:
+            t1 = secs[0]
+            out += [
+                f"## Target forward latency t(n) ({curve.get('device')}, {curve.get('dtype')})",
+                "",
+                "| tokens scored n | ms | t(n) / t(1) |",
+                "|---:|---:|---:|",
+            ]
+            for n, s in zip(ns, secs, strict=False):
+                out.append(f"| {n} | {1000 * s:.2f} | {s / t1:.2f} |")
+            out.append("")
+
+    out += [
+        "tokens/s: mean over prompts of per-prompt tokens/s. Speedup: mean method tokens/s over mean",
+        "baseline tokens/s, same prompts (Spec-Bench). Mean accepted: tokens per target forward,",
+        "bonus included, prefill excluded. Near-tie: the first differing token is within the",
+        "tolerance of the target's top logit at that position (floating-point order), not an error.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _machine_line(machine: dict) -> str | None:
+    if not machine:
+        return None
+    parts = [machine.get("cpu"), f"{machine.get('cores')} cores" if machine.get("cores") else None]
+    if machine.get("gpu"):
+        parts.append(machine["gpu"])
+    return ", ".join(p for p in parts if p)
+
+
+def _prompts_line(meta: dict) -> str | None:
+    src = meta.get("dataset") or meta.get("prompts_file")
+    n = meta.get("n_prompts")
+    if src is None and n is None:
+        return None
+    return f"{n} from {src}" if src else str(n)
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def load_result(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecDecodeError(f"bench result not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SpecDecodeError(f"{path} is not a readable bench result JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("summary"), dict):
+        raise SpecDecodeError(f"{path} is not a bench result (no 'summary')")
+    return data
+
+
+def _delta(old, new, *, pct: bool) -> str:
+    if old is None and new is None:
+        return "-"
+    if old is None:
+        return f"(new) {new:.2f}"
+    if new is None:
+        return f"{old:.2f} (gone)"
+    d = new - old
+    if pct and old:
+        return f"{old:.2f} -> {new:.2f} ({100 * d / old:+.1f}%)"
+    return f"{old:.2f} -> {new:.2f} ({d:+.2f})"
+
+
+def compare_results(old: dict, new: dict) -> list[dict]:
+    """Per method (union, old order then new), the old/new speedup, tokens/s, mean accepted."""
+    so, sn = old.get("summary", {}), new.get("summary", {})
+    rows = []
+    for m in list(dict.fromkeys([*so, *sn])):
+        a, b = so.get(m, {}), sn.get(m, {})
+        row = {"method": m}
+        for k in ("speedup", "tokens_per_second", "mean_accepted", "identical_to_ar"):
+            row[k] = (a.get(k), b.get(k))
+        rows.append(row)
+    return rows
+
+
+def compare_text(old: dict, new: dict, old_name: str = "OLD", new_name: str = "NEW") -> str:
+    """What changed between two bench results, as text for the terminal."""
+    lines = [f"compare {old_name} -> {new_name}"]
+    mo, mn = old.get("meta", {}), new.get("meta", {})
+    for k in ("model", "device", "dtype", "max_new_tokens", "n_prompts", "temperature"):
+        if mo.get(k) != mn.get(k):
+            lines.append(f"  note: {k} differs: {mo.get(k)} -> {mn.get(k)}")
+    if mo.get("machine") != mn.get("machine"):
+        lines.append(
+            f"  note: machine differs: {_machine_line(mo.get('machine') or {})} -> "
+            f"{_machine_line(mn.get('machine') or {})}"
+        )
+    for name, d in ((old_name, old), (new_name, new)):
+        if d.get("interrupted") or d.get("complete") is False:
+            lines.append(f"  note: {name} is a partial run")
+    rows = compare_results(old, new)
+    w = max([len(r["method"]) for r in rows] + [6])
+    lines.append("")
+    lines.append(f"  {'method':<{w}}  {'speedup':<30}  {'tokens/s':<32}  {'mean accepted':<30}")
+    for r in rows:
+        lines.append(
+            f"  {r['method']:<{w}}  {_delta(*r['speedup'], pct=False):<30}  "
+            f"{_delta(*r['tokens_per_second'], pct=True):<32}  {_delta(*r['mean_accepted'], pct=False):<30}"
+        )
+    ident = [
+        f"  {r['method']}: identical to ar {r['identical_to_ar'][0]} -> {r['identical_to_ar'][1]}"
+        for r in rows
+        if r["identical_to_ar"][0] != r["identical_to_ar"][1]
+    ]
+    if ident:
+        lines.append("")
+        lines += ident
+    cats_o, cats_n = old.get("categories", {}), new.get("categories", {})
+    shared = [c for c in cats_n if c in cats_o]
+    if len(shared) > 1:
+        lines.append("")
+        lines.append("  speedup by category (old -> new):")
+        for c in shared:
+            parts = []
+            for m in cats_n[c]:
+                a = cats_o[c].get(m, {}).get("speedup")
+                b = cats_n[c][m].get("speedup")
+                if a is not None and b is not None:
+                    parts.append(f"{m} {a:.2f}->{b:.2f}")
+            if parts:
+                lines.append(f"    {c}: " + ", ".join(parts))
+    return "\n".join(lines)
