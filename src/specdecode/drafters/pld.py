@@ -1,0 +1,74 @@
+"""``pld``: prompt lookup decoding.
+
+Find the most recent earlier occurrence of the context's last n-gram (longest n first) and
+propose the tokens that followed it. Drafts cost no model call; they pay off on tasks that
+copy from the prompt (summarization, RAG, code editing). Idea: Saxena, "Prompt Lookup
+Decoding" (2023).
+
+The n-gram index is built incrementally: each committed token adds one n-gram per size, so a
+proposal costs a dictionary look-up, not a scan of the context.
+"""
+
+from __future__ import annotations
+
+from specdecode.drafters.base import Drafter
+from specdecode.errors import SpecDecodeError
+from specdecode.registry import Option, register
+from specdecode.tree import DraftTree
+
+
+class NgramIndex:
+    """For each n-gram size: n-gram -> the position right after its latest occurrence."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        self.sizes = sorted(set(sizes), reverse=True)
+        self.maps: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in self.sizes}
+        self.indexed = 0  # n-grams ending before this position are indexed
+
+    def reset(self) -> None:
+        for m in self.maps.values():
+            m.clear()
+        self.indexed = 0
+
+    def update(self, tokens: list[int]) -> None:
+        # Index n-grams whose continuation has begun: those ending at or before len - 1.
+        end = len(tokens) - 1
+        for e in range(max(self.indexed, 1), end + 1):
+            for n, m in self.maps.items():
+                if e >= n:
+                    m[tuple(tokens[e - n : e])] = e
+        self.indexed = max(self.indexed, end + 1)
+
+    def lookup(self, tokens: list[int], length: int) -> list[int]:
+        """The continuation of the latest earlier match of the longest matching suffix."""
+        for n in self.sizes:
+            if len(tokens) <= n:
+                continue
+            pos = self.maps[n].get(tuple(tokens[-n:]))
+            if pos is not None:
+                return tokens[pos : pos + length]
+        return []
+
+
+@register(
+    "pld",
+    "prompt lookup: copy what followed the last n-gram's previous occurrence (no draft model)",
+    options={
+        "draft_len": Option(int, 10, "tokens proposed per step", lambda v: v >= 1, ">= 1"),
+        "ngram_max": Option(int, 3, "longest n-gram matched", lambda v: v >= 1, ">= 1"),
+        "ngram_min": Option(int, 1, "shortest n-gram matched", lambda v: v >= 1, ">= 1"),
+    },
+)
+class PromptLookup(Drafter):
+    def __init__(self, ctx, draft_len: int = 10, ngram_max: int = 3, ngram_min: int = 1) -> None:
+        if ngram_min > ngram_max:
+            raise SpecDecodeError(f"pld: ngram_min ({ngram_min}) must not exceed ngram_max ({ngram_max})")
+        self.draft_len = draft_len
+        self.index = NgramIndex(list(range(ngram_min, ngram_max + 1)))
+
+    def begin(self, prompt_ids, sampling) -> None:
+        self.index.reset()
+
+    def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
+        self.index.update(tokens)
+        return DraftTree.chain(self.index.lookup(tokens, min(self.draft_len, max_depth)))
