@@ -1,0 +1,242 @@
+"""Baselines from plain transformers, measured in the same run as the project's methods.
+
+- ``hf-ar``: ``model.generate()``, greedy (or sampling with the same settings);
+- ``hf-pld``: its prompt lookup decoding (``prompt_lookup_num_tokens``);
+- ``hf-assisted``: its assisted generation with ``--draft`` as the assistant (universal assisted
+  decoding, ``tokenizer`` + ``assistant_tokenizer``, when the vocabularies differ).
+
+``generate()`` does not report its steps, so a forward pre-hook on the target model reads the
+KV-cache length before each target forward; the tokens each forward committed follow from
+consecutive lengths (see :func:`committed_per_forward`). The draft model's forwards are not
+counted: the hook sits on the target only.
+
+The generation config is explicit: the checkpoint's ``generation_config`` may carry sampling
+settings or a repetition penalty, and a baseline must decode exactly as ``ar`` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from specdecode.errors import SpecDecodeError
+from specdecode.registry import MethodSpec, Option
+
+
+@dataclass
+class RunOutput:
+    """What one method produced on one prompt (timing and memory are measured by the runner)."""
+
+    token_ids: list[int]  # new tokens only; EOS included when generation stopped on it
+    accepted_lengths: list[int] | None  # per target forward after the prefill; None if unknown
+    finish_reason: str | None = None
+
+
+def committed_per_forward(cache_lengths: list[int], prompt_len: int, total_len: int) -> list[int]:
+    """Tokens committed by each target forward, from the cache length seen before each one.
+
+    Before forward ``k`` the cache holds every committed token except the newest (the root),
+    so forward ``k`` committed ``L[k+1] - L[k]`` tokens; the prefill (``L[0] = 0``) committed
+    ``L[1] - (prompt_len - 1)``; the last one ``total_len - 1 - L[-1]``, where ``total_len`` is
+    prompt plus output. Returns one entry per forward, the prefill first.
+    """
+    if not cache_lengths:
+        return []
+    ends = [*cache_lengths[1:], total_len - 1]
+    out = []
+    for k, (start, end) in enumerate(zip(cache_lengths, ends, strict=True)):
+        if k == 0:
+            start = prompt_len - 1
+        out.append(end - start)
+    return out
+
+
+class ForwardCounter:
+    """Forward pre-hook recording the KV-cache length before each call of ``model``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.lengths: list[int] = []
+        self._handle = None
+
+    def __enter__(self) -> ForwardCounter:
+        self.lengths = []
+        self._handle = self.model.register_forward_pre_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _hook(self, module, args, kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        length = 0
+        if cache is not None and hasattr(cache, "get_seq_length"):
+            length = int(cache.get_seq_length())
+        self.lengths.append(length)
+
+
+class HFBaseline:
+    """``transformers`` ``generate()`` with one of its decoding modes, greedy or sampling."""
+
+    def __init__(self, name: str, loaded, *, draft=None, extra: dict | None = None) -> None:
+        self.name = name
+        self.loaded = loaded
+        self.draft = draft
+        self.extra = {k: v for k, v in (extra or {}).items() if v is not None}
+        eos = sorted(loaded.eos_token_ids)
+        if not eos:
+            raise SpecDecodeError(f"{loaded.name} has no end-of-sequence token; {name} cannot stop on it")
+        self.eos = eos
+        tok = loaded.tokenizer
+        pad = getattr(tok, "pad_token_id", None)
+        self.pad = int(pad) if pad is not None else eos[0]
+
+    def generate_ids(self, prompt_ids: list[int], *, max_new_tokens: int, sampling) -> RunOutput:
+        model = self.loaded.model
+        device = self.loaded.device
+        input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+        kwargs = dict(
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=0,
+            num_beams=1,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            eos_token_id=self.eos,
+            pad_token_id=self.pad,
+            do_sample=not sampling.greedy,
+        )
+        if not sampling.greedy:
+            kwargs.update(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+        kwargs.update(self.extra)
+        if self.draft is not None:
+            kwargs["assistant_model"] = self.draft.model
+            if different_vocab(self.loaded, self.draft):
+                kwargs["tokenizer"] = self.loaded.tokenizer
+                kwargs["assistant_tokenizer"] = self.draft.tokenizer
+        with ForwardCounter(model) as counter, torch.inference_mode():
+            out = model.generate(input_ids, **kwargs)
+        new = [int(t) for t in out[0, len(prompt_ids) :].tolist()]
+        # generate() pads nothing for batch 1, but cut at the first EOS to be safe.
+        finish = "length"
+        for i, t in enumerate(new):
+            if t in self.eos:
+                new, finish = new[: i + 1], "eos"
+                break
+        per_forward = committed_per_forward(counter.lengths, len(prompt_ids), len(prompt_ids) + len(new))
+        lengths = per_forward[1:]
+        if per_forward and (sum(per_forward) != len(new) or any(n < 1 for n in per_forward)):
+            lengths = None  # the cache bookkeeping did not add up: report no acceptance figures
+        return RunOutput(new, lengths, finish)
+
+
+def different_vocab(target, draft) -> bool:
+    """Whether generate() treats the two as having different tokenizers (it compares vocab sizes)."""
+    tv = target.model.config.get_text_config().vocab_size
+    dv = draft.model.config.get_text_config().vocab_size
+    return tv != dv
+
+
+def check_bridgeable(target, draft) -> None:
+    """Raise SpecDecodeError unless ``generate()`` can translate between the two tokenizers."""
+    if not different_vocab(target, draft):
+        return
+    for lm, role in ((target, "target"), (draft, "draft")):
+        tok = lm.tokenizer
+        if not all(hasattr(tok, a) for a in ("decode", "convert_ids_to_tokens", "__call__", "get_vocab")):
+            raise SpecDecodeError(
+                f"hf-assisted: the {role} model {lm.name} has no Hugging Face tokenizer, so its tokens "
+                "cannot be bridged to the other model's"
+            )
+        try:
+            ids = tok("Hello world, 12 + 30 = 42.", add_special_tokens=False)["input_ids"]
+            text = tok.decode(ids)
+        except Exception as e:  # a tokenizer that cannot round-trip text
+            raise SpecDecodeError(
+                f"hf-assisted: the {role} tokenizer ({lm.name}) cannot encode and decode text: {e}"
+            ) from None
+        if "42" not in text:
+            raise SpecDecodeError(
+                f"hf-assisted: the {role} tokenizer ({lm.name}) does not round-trip text, so the draft's "
+                "tokens cannot be bridged to the target's"
+            )
+
+
+def _positive(v) -> bool:
+    return v is None or v >= 1
+
+
+def _make(name: str, needs_draft: bool = False):
+    def factory(ctx, **options):
+        if needs_draft and ctx.draft is not None:
+            check_bridgeable(ctx.target, ctx.draft)
+        return HFBaseline(name, ctx.target, draft=ctx.draft if needs_draft else None, extra=options)
+
+    return factory
+
+
+BASELINES: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec("hf-ar", "transformers generate(): plain decoding, the speedup baseline", _make("hf-ar")),
+        MethodSpec(
+            "hf-pld",
+            "transformers generate() with prompt lookup decoding",
+            _make("hf-pld"),
+            {
+                "prompt_lookup_num_tokens": Option(int, 10, "tokens proposed per step", _positive, ">= 1"),
+                "max_matching_ngram_size": Option(
+                    int, None, "longest n-gram matched (transformers' default: 2)", _positive, ">= 1"
+                ),
+            },
+        ),
+        MethodSpec(
+            "hf-assisted",
+            "transformers generate() with assisted generation, --draft as the assistant",
+            _make("hf-assisted", needs_draft=True),
+            {
+                "num_assistant_tokens": Option(
+                    int, None, "draft tokens per step (transformers' default: 20)", _positive, ">= 1"
+                ),
+                "num_assistant_tokens_schedule": Option(
+                    str,
+                    None,
+                    "constant, heuristic or heuristic_transient (transformers' default: constant)",
+                    lambda v: v in (None, "constant", "heuristic", "heuristic_transient"),
+                    "constant, heuristic or heuristic_transient",
+                ),
+                "assistant_confidence_threshold": Option(
+                    float,
+                    None,
+                    "stop drafting below this draft confidence (transformers' default: 0.4)",
+                    lambda v: v is None or 0 <= v <= 1,
+                    "in [0, 1]",
+                ),
+            },
+            needs_draft=True,
+        ),
+    )
+}
+
+
+def is_baseline(name: str) -> bool:
+    return name in BASELINES
+
+
+def build_baseline(name: str, target, *, draft=None, options: dict | None = None) -> HFBaseline:
+    """A baseline runner, options validated; SpecDecodeError for a missing or unbridgeable draft."""
+    from specdecode.drafters.base import MethodContext
+    from specdecode.registry import parse_options
+
+    spec = BASELINES[name]
+    opts = parse_options(spec, options)
+    if spec.needs_draft and draft is None:
+        raise SpecDecodeError(f"{name} needs a draft model: pass --draft MODEL")
+    if draft is not None and spec.needs_draft and draft.device != target.device:
+        raise SpecDecodeError(f"the draft model is on {draft.device} but the target is on {target.device}")
+    return spec.factory(MethodContext(target, draft), **opts)

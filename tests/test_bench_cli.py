@@ -1,0 +1,221 @@
+"""End to end: `specdecode bench` on a tiny model built in code, 3 prompts, 8 new tokens."""
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from specdecode.errors import SpecDecodeError
+
+METHODS = "ar,hf-ar,hf-pld,pld"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models are all overhead: one thread avoids OpenMP spinning on a shared 2-core box.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    lines = [
+        {"prompt": "t3 t5 t7 t3 t5 t9 t3 t5 t7 t3", "category": "copy", "id": "a"},
+        {"turns": ["t10 t11 t12 t10 t11 t12", "ignored"], "category": "copy", "question_id": 2},
+        {"prompt": "t20 t21 t22 t23", "category": "other"},
+    ]
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return path
+
+
+def parse(argv):
+    from specdecode.cli import bench
+
+    parser = argparse.ArgumentParser(prog="specdecode")
+    sub = parser.add_subparsers(dest="command")
+    bench.add_parser(sub)
+    return parser.parse_args(["bench", *argv])
+
+
+@pytest.fixture
+def tiny_target(tiny_llama, monkeypatch):
+    import specdecode.models.loader as loader
+
+    monkeypatch.setattr(loader, "load_model", lambda *a, **kw: tiny_llama)
+    return tiny_llama
+
+
+def test_bench_cli_end_to_end(tiny_target, prompts_file, tmp_path, capsys, monkeypatch):
+    from specdecode.cli import bench
+
+    monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "r.json"
+    args = parse(
+        ["--methods", METHODS, "--prompts", str(prompts_file), "--max-new-tokens", "8", "--warmup", "1"]
+        + [
+            "--out",
+            str(out),
+            "--no-progress",
+            "--raw",
+            "--method-option",
+            "hf-pld.prompt_lookup_num_tokens=4",
+        ]
+    )
+    assert bench.run(args) == 0
+    printed = capsys.readouterr().out
+    assert "hf-pld" in printed and "wrote" in printed
+
+    data = json.loads(out.read_text())
+    assert data["complete"] is True and data["interrupted"] is False
+    assert list(data["summary"]) == ["ar", "hf-ar", "hf-pld", "pld"]
+    for m, s in data["summary"].items():
+        for k in (
+            "tokens_per_second",
+            "speedup",
+            "mean_accepted",
+            "prompts",
+            "identical_to_ar",
+            "near_ties",
+            "peak_memory_mb",
+        ):
+            assert k in s, (m, k)
+        assert s["prompts"] == 3
+        assert s["tokens_per_second"] > 0 and s["speedup"] > 0 and s["peak_memory_mb"] > 0
+        assert s["mean_accepted"] >= 1.0
+        # every method must reproduce ar (or differ only at a floating-point near-tie)
+        assert s["identical_to_ar"] + s["near_ties"] == 3, (m, s)
+    assert data["summary"]["hf-ar"]["speedup"] == pytest.approx(1.0)
+    assert data["summary"]["hf-ar"]["mean_accepted"] == pytest.approx(1.0)
+    assert data["summary"]["ar"]["mean_accepted"] == pytest.approx(1.0)
+    assert set(data["categories"]) == {"copy", "other"}
+    assert set(data["categories"]["copy"]) == {"ar", "hf-ar", "hf-pld", "pld"}
+    assert [p["id"] for p in data["prompts"]] == ["a", "2", "3"]
+    one = data["prompts"][0]["results"]["pld"]
+    assert {
+        "new_tokens",
+        "seconds",
+        "tokens_per_second",
+        "token_ids",
+        "accepted_lengths",
+        "identical_to_ar",
+    } <= set(one)
+    meta = data["meta"]
+    for k in (
+        "model",
+        "device",
+        "dtype",
+        "torch",
+        "transformers",
+        "machine",
+        "date",
+        "command",
+        "max_new_tokens",
+    ):
+        assert k in meta
+    assert meta["max_new_tokens"] == 8 and meta["baseline"] == "hf-ar" and meta["reference"] == "ar"
+    assert meta["machine"]["cores"] >= 1 and meta["machine"]["cpu"]
+    assert meta["method_options"]["hf-pld"]["prompt_lookup_num_tokens"] == 4
+
+    md = (tmp_path / "r.md").read_text()
+    assert "| method | tokens/s |" in md and "| pld |" in md
+    for name in ("r-speedup.png", "r-accept.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "r-latency.png").exists()  # no calibration cached
+
+    # compare: a result against itself shows zero change
+    cargs = parse(["--compare", str(out), str(out)])
+    assert bench.run(cargs) == 0
+    assert "(+0.00)" in capsys.readouterr().out
+
+
+def test_interrupt_keeps_finished_prompts(tiny_llama, prompts_file, tmp_path, monkeypatch):
+    import specdecode.bench.runner as runner
+    from specdecode.bench.datasets import read_jsonl
+
+    real = runner.timed_run
+    calls = []
+
+    def stop_on_second_prompt(r, prompt_ids, **kw):
+        calls.append(prompt_ids)
+        if len({tuple(c) for c in calls}) > 1:
+            raise KeyboardInterrupt
+        return real(r, prompt_ids, **kw)
+
+    monkeypatch.setattr(runner, "timed_run", stop_on_second_prompt)
+    out = tmp_path / "r.json"
+    cfg = runner.BenchConfig(
+        methods=["ar", "hf-ar"], max_new_tokens=4, warmup=0, out=out, plots=False, progress=False, raw=True
+    )
+    res = runner.run_bench(cfg, target=tiny_llama, prompts=read_jsonl(prompts_file), log=lambda m: None)
+    assert res.interrupted
+    data = json.loads(out.read_text())
+    assert data["interrupted"] is True and data["complete"] is False
+    assert [p["id"] for p in data["prompts"]] == ["a"]
+    assert data["summary"]["ar"]["prompts"] == 1
+    assert (tmp_path / "r.md").read_text().count("Interrupted") == 1
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--methods", "ar,nope"], "unknown method 'nope'"),
+        (["--methods", "ar,ar"], "listed twice"),
+        (["--methods", "ar,hf-assisted"], "needs a draft model"),
+        (["--methods", "ar", "--method-option", "pld.draft_len=3"], "not among --methods"),
+        (["--methods", "pld", "--method-option", "pld.nope=3"], "takes no option"),
+        (["--methods", "pld", "--method-option", "pld_draft_len=3"], "METHOD.KEY=VALUE"),
+        (["--methods", "ar", "--max-new-tokens", "0"], "--max-new-tokens"),
+    ],
+)
+def test_bad_input_fails_before_loading(argv, words, prompts_file, monkeypatch):
+    import specdecode.models.loader as loader
+    from specdecode.cli import bench
+
+    def no_loading(*a, **kw):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(loader, "load_model", no_loading)
+    with pytest.raises(SpecDecodeError, match=words):
+        bench.run(parse([*argv, "--prompts", str(prompts_file), "--no-progress"]))
+
+
+def test_bad_prompt_files_fail_before_loading(tmp_path, monkeypatch):
+    import specdecode.models.loader as loader
+    from specdecode.cli import bench
+
+    monkeypatch.setattr(loader, "load_model", lambda *a, **kw: pytest.fail("loaded a model"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"prompt": "fine"}\n{broken\n')
+    with pytest.raises(SpecDecodeError, match="line 3"):
+        bench.run(parse(["--methods", "ar", "--prompts", str(bad)]))
+    with pytest.raises(SpecDecodeError, match="not found"):
+        bench.run(parse(["--methods", "ar", "--prompts", str(tmp_path / "missing.jsonl")]))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(SpecDecodeError, match="no prompts"):
+        bench.run(parse(["--methods", "ar", "--prompts", str(empty)]))
+
+
+def test_near_tie_classification(tiny_llama):
+    from specdecode.bench.metrics import PromptRecord
+    from specdecode.bench.runner import check_identity
+
+    prompt = [3, 4, 5]
+    with torch.inference_mode():
+        logits = tiny_llama.model(torch.tensor([prompt])).logits[0, -1]
+    top2 = torch.topk(logits, 3).indices.tolist()
+    ref = PromptRecord("p", "c", "ar", 3, 1, 1.0, token_ids=[top2[0]])
+    other = PromptRecord("p", "c", "x", 3, 1, 1.0, token_ids=[top2[1]])
+    gap = float(logits[top2[0]] - logits[top2[1]])
+    check_identity(tiny_llama, prompt, ref, other, {0}, tolerance=gap * 2)
+    assert other.identical_to_ar is False and other.first_difference == 0 and other.near_tie is True
+    assert other.tie_gap == pytest.approx(gap, abs=1e-4)
+    check_identity(tiny_llama, prompt, ref, other, {0}, tolerance=gap / 2)
+    assert other.near_tie is False
+    same = PromptRecord("p", "c", "y", 3, 1, 1.0, token_ids=[top2[0]])
+    check_identity(tiny_llama, prompt, ref, same, {0}, tolerance=0.0)
+    assert same.identical_to_ar is True and same.near_tie is None
