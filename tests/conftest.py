@@ -1,6 +1,11 @@
 """Shared fixtures: tiny models built in code, and the real default model (slow, cached)."""
 
 import pytest
+import torch
+
+# Tiny models gain nothing from threads, and on a busy 2-core machine the spinning
+# worker threads of a matmul make them a hundred times slower. One thread for the suite.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
