@@ -69,6 +69,7 @@ class Decoder:
         self.drafter = drafter
 
     # ---- layer 1: steps -------------------------------------------------------------------
+    @torch.inference_mode()  # torch toggles it around each resumption of the generator
     def steps(self, prompt_ids: list[int], sampling: SamplingConfig, limit: int) -> Iterator[Step]:
         """Yield each forward's committed tokens; at most ``limit`` tokens in all."""
         if limit <= 0:
