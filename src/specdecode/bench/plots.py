@@ -77,8 +77,11 @@ def plot_acceptance(result: dict, path: str | Path) -> Path | None:
     rows = (n + cols - 1) // cols
     fig = _figure(3.6 * cols, 2.8 * rows + 0.4)
     max_len = max(max(h) for h in hists.values())
+    axes = fig.subplots(rows, cols, sharey=True, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
     for i, (m, h) in enumerate(hists.items()):
-        ax = fig.add_subplot(rows, cols, i + 1)
+        ax = axes[i]
         total = sum(h.values()) or 1
         ks = list(range(1, max_len + 1))
         ax.bar(ks, [h.get(k, 0) / total for k in ks], color=f"C{i % 10}")
@@ -102,21 +105,26 @@ def plot_latency(curve: dict | None, path: str | Path, title: str = "") -> Path 
     ns, secs = curve["ns"], curve["seconds"]
     fig = _figure(6.0, 4.0)
     ax = fig.add_subplot(1, 1, 1)
-    ax.plot(ns, [1000 * s for s in secs], marker="o", label="t(n)")
+    ax.plot(ns, [1000 * s for s in secs], marker="o")
     ax.set_xlabel("tokens scored in one forward (n)")
     ax.set_ylabel("ms per forward")
     ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    # The right axis reads the same line as t(n) / t(1).
     ax2 = ax.twinx()
-    ax2.plot(ns, [s / secs[0] for s in secs], color="C1", linestyle="--", marker=".", label="t(n)/t(1)")
+    lo, hi = ax.get_ylim()
+    ax2.set_ylim(lo / (1000 * secs[0]), hi / (1000 * secs[0]))
     ax2.set_ylabel("t(n) / t(1)")
-    ax2.set_ylim(bottom=0)
-    lines = ax.get_lines() + ax2.get_lines()
-    ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="upper left")
     head = title or f"{curve.get('model_key', '')} {curve.get('device', '')} {curve.get('dtype', '')}"
     ax.set_title(f"target forward latency - {head.strip()}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     return Path(path)
+
+
+def _curve_title(result: dict) -> str:
+    meta, curve = result.get("meta", {}), result.get("latency_curve") or {}
+    return f"{meta.get('model', '')} {curve.get('device', '')} {curve.get('dtype', '')}".strip()
 
 
 def write_plots(result: dict, json_path: str | Path) -> list[Path]:
@@ -127,7 +135,7 @@ def write_plots(result: dict, json_path: str | Path) -> list[Path]:
     for suffix, fn in (
         ("speedup", lambda p: plot_speedup(result, p)),
         ("accept", lambda p: plot_acceptance(result, p)),
-        ("latency", lambda p: plot_latency(result.get("latency_curve"), p)),
+        ("latency", lambda p: plot_latency(result.get("latency_curve"), p, title=_curve_title(result))),
     ):
         p = fn(Path(f"{stem}-{suffix}.png"))
         if p is not None:

@@ -60,6 +60,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA)",
     )
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice); recorded in the result",
+    )
 
     g = p.add_argument_group("methods")
     g.add_argument(
@@ -234,6 +240,16 @@ def _summary_table(result: dict) -> str:
     )
 
 
+def set_threads(n: int | None) -> None:
+    if n is None:
+        return
+    if n < 1:
+        raise SpecDecodeError(f"--threads must be >= 1, got {n}")
+    import torch
+
+    torch.set_num_threads(n)
+
+
 def run(args) -> int:
     if args.compare:
         from specdecode.bench.report import compare_text, load_result
@@ -245,6 +261,7 @@ def run(args) -> int:
     from specdecode.bench.runner import run_bench
 
     config = config_from_args(args)
+    set_threads(args.threads)
     outcome = run_bench(config)
     print(_summary_table(outcome.result))
     if outcome.files:

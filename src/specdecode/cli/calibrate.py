@@ -38,6 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA)",
     )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
         "--max-n", type=int, default=64, help="largest number of tokens scored at once (default: %(default)s)"
     )
@@ -69,6 +70,9 @@ def run(args) -> int:
         raise SpecDecodeError(f"--max-n must be >= 1, got {args.max_n}")
     if args.repeats < 1:
         raise SpecDecodeError(f"--repeats must be >= 1, got {args.repeats}")
+    from specdecode.cli.bench import set_threads
+
+    set_threads(args.threads)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     path = cost.calibration_path(loaded)
     cached = None if args.recalibrate else cost.read_cached(loaded, max_n=args.max_n, path=path)
