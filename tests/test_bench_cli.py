@@ -11,15 +11,6 @@ from specdecode.errors import SpecDecodeError
 METHODS = "ar,hf-ar,hf-pld,pld"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models are all overhead: one thread avoids OpenMP spinning on a shared 2-core box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def prompts_file(tmp_path):
     path = tmp_path / "prompts.jsonl"
@@ -219,3 +210,68 @@ def test_near_tie_classification(tiny_llama):
     same = PromptRecord("p", "c", "y", 3, 1, 1.0, token_ids=[top2[0]])
     check_identity(tiny_llama, prompt, ref, same, {0}, tolerance=0.0)
     assert same.identical_to_ar is True and same.near_tie is None
+
+
+def _config(methods, **kw):
+    from specdecode.bench.runner import BenchConfig
+
+    return BenchConfig(methods=methods, max_new_tokens=6, warmup=0, out=None, progress=False, raw=True, **kw)
+
+
+def test_hf_assisted_with_a_draft_model(tiny_llama):
+    from specdecode.bench.datasets import Prompt
+    from specdecode.bench.runner import run_bench
+    from specdecode.models.testing import tiny_model_for_tests
+
+    draft = tiny_model_for_tests(seed=1)  # same vocabulary, other weights
+    res = run_bench(
+        _config(["ar", "hf-assisted"]), target=tiny_llama, draft=draft, prompts=[Prompt("a", "c", "t3 t4 t5")]
+    )
+    s = res.result["summary"]["hf-assisted"]
+    assert s["identical_to_ar"] + s["near_ties"] == 1
+    assert s["mean_accepted"] >= 1.0  # counted on the target's forwards only
+    assert res.result["meta"]["draft"] == draft.name
+
+
+def test_unbridgeable_drafts_fail_before_measuring(tiny_llama, monkeypatch):
+    import specdecode.bench.runner as runner
+    from specdecode.bench import baselines
+    from specdecode.bench.datasets import Prompt
+    from specdecode.models.testing import tiny_model_for_tests
+
+    monkeypatch.setattr(runner, "timed_run", lambda *a, **kw: pytest.fail("measuring started"))
+    other_vocab = tiny_model_for_tests(vocab_size=80, seed=2)
+    prompts = [Prompt("a", "c", "t3 t4 t5")]
+    # the project's draft-model: its own bridge check refuses a word-level tokenizer
+    with pytest.raises(SpecDecodeError, match="bridged"):
+        runner.run_bench(
+            _config(["ar", "draft-model"]), target=tiny_llama, draft=other_vocab, prompts=prompts
+        )
+
+    # hf-assisted: a tokenizer that does not round-trip text, and a generate() that fails
+    class Lossy:  # every round trip adds a character
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [5] * (len(text) + 1)}
+
+        def decode(self, ids, **kw):
+            return "w" * len(ids)
+
+        def convert_ids_to_tokens(self, ids):
+            return ["x"] * len(ids)
+
+        def get_vocab(self):
+            return {}
+
+    lossy = tiny_model_for_tests(vocab_size=80, seed=2)
+    lossy.tokenizer = Lossy()
+    with pytest.raises(SpecDecodeError, match="does not round-trip"):
+        baselines.check_bridgeable(tiny_llama, lossy)
+
+    def broken_generate(*a, **kw):
+        raise RuntimeError("cannot reshape tensor of 0 elements")
+
+    monkeypatch.setattr(tiny_llama.model, "generate", broken_generate)
+    with pytest.raises(SpecDecodeError, match="cannot be bridged"):
+        runner.run_bench(
+            _config(["ar", "hf-assisted"]), target=tiny_llama, draft=other_vocab, prompts=prompts
+        )

@@ -128,10 +128,11 @@ class HFBaseline:
             if t in self.eos:
                 new, finish = new[: i + 1], "eos"
                 break
-        per_forward = committed_per_forward(counter.lengths, len(prompt_ids), len(prompt_ids) + len(new))
-        lengths = per_forward[1:]
-        if per_forward and (sum(per_forward) != len(new) or any(n < 1 for n in per_forward)):
-            lengths = None  # the cache bookkeeping did not add up: report no acceptance figures
+        lengths = None
+        if self.draft is None or self.draft.model is not model:  # else the hook saw the draft's forwards too
+            per_forward = committed_per_forward(counter.lengths, len(prompt_ids), len(prompt_ids) + len(new))
+            if all(n >= 1 for n in per_forward):  # else the cache bookkeeping was not what we expect
+                lengths = per_forward[1:]
         return RunOutput(new, lengths, finish)
 
 
@@ -156,11 +157,13 @@ def check_bridgeable(target, draft) -> None:
         try:
             ids = tok("Hello world, 12 + 30 = 42.", add_special_tokens=False)["input_ids"]
             text = tok.decode(ids)
+            again = tok.decode(tok(text, add_special_tokens=False)["input_ids"])
         except Exception as e:  # a tokenizer that cannot round-trip text
             raise SpecDecodeError(
                 f"hf-assisted: the {role} tokenizer ({lm.name}) cannot encode and decode text: {e}"
             ) from None
-        if "42" not in text:
+        # generate() bridges through text: decoding, re-encoding and decoding again must be stable.
+        if not ids or not text or again != text:
             raise SpecDecodeError(
                 f"hf-assisted: the {role} tokenizer ({lm.name}) does not round-trip text, so the draft's "
                 "tokens cannot be bridged to the target's"
@@ -171,11 +174,30 @@ def _positive(v) -> bool:
     return v is None or v >= 1
 
 
+def probe(baseline: HFBaseline) -> None:
+    """Generate a few tokens once, so that a draft generate() cannot work with fails now, clearly."""
+    from specdecode.sampling import SamplingConfig
+
+    ids = baseline.loaded.encode_prompt("Hello, how are you today?", raw=True)
+    try:
+        baseline.generate_ids(ids, max_new_tokens=4, sampling=SamplingConfig())
+    except Exception as e:  # generate() fails in many ways with a tokenizer pair it cannot bridge
+        msg = " ".join(str(e).split())[:200]
+        raise SpecDecodeError(
+            f"{baseline.name}: transformers cannot run {baseline.draft.name} as the assistant of "
+            f"{baseline.loaded.name} ({type(e).__name__}: {msg}); the tokenizers cannot be bridged"
+        ) from None
+
+
 def _make(name: str, needs_draft: bool = False):
     def factory(ctx, **options):
-        if needs_draft and ctx.draft is not None:
-            check_bridgeable(ctx.target, ctx.draft)
-        return HFBaseline(name, ctx.target, draft=ctx.draft if needs_draft else None, extra=options)
+        draft = ctx.draft if needs_draft else None
+        if draft is not None:
+            check_bridgeable(ctx.target, draft)
+        baseline = HFBaseline(name, ctx.target, draft=draft, extra=options)
+        if draft is not None and different_vocab(ctx.target, draft):
+            probe(baseline)
+        return baseline
 
     return factory
 

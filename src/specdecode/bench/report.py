@@ -244,4 +244,4 @@ def compare_text(old: dict, new: dict, old_name: str = "OLD", new_name: str = "N
                     parts.append(f"{m} {a:.2f}->{b:.2f}")
             if parts:
                 lines.append(f"    {c}: " + ", ".join(parts))
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)

@@ -548,6 +548,7 @@ def run_bench(
         # ---- warm-up: fixed prompts, every method, not counted
         warm = [target.encode_prompt(t, raw=config.raw) for t in WARMUP_PROMPTS[: config.warmup]]
         warm += [ids for _, ids in encoded[: max(0, config.warmup - len(warm))]]
+        warm_sampling = SamplingConfig(config.temperature, config.top_k, config.top_p, config.seed)
         if warm:
             wbar = tqdm(
                 total=len(warm) * len(methods),
@@ -560,13 +561,19 @@ def run_bench(
                 for i, ids in enumerate(warm):
                     for m in rotation(methods, i):
                         wbar.set_postfix_str(m)
-                        runners[m].generate_ids(
-                            ids,
-                            max_new_tokens=min(config.max_new_tokens, WARMUP_MAX_NEW_TOKENS),
-                            sampling=SamplingConfig(
-                                config.temperature, config.top_k, config.top_p, config.seed
-                            ),
-                        )
+                        try:
+                            runners[m].generate_ids(
+                                ids,
+                                max_new_tokens=min(config.max_new_tokens, WARMUP_MAX_NEW_TOKENS),
+                                sampling=warm_sampling,
+                            )
+                        except (SpecDecodeError, KeyboardInterrupt):
+                            raise
+                        except Exception as e:
+                            why = " ".join(str(e).split())[:300]
+                            raise SpecDecodeError(
+                                f"method {m!r} failed during warm-up: {type(e).__name__}: {why}"
+                            ) from e
                         wbar.update()
 
         # ---- the measured runs
