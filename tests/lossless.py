@@ -75,7 +75,11 @@ def chi_square_pvalue(counts: Counter, probs: dict, min_expected: float = 5.0) -
     df -= 1
     if df <= 0:
         return 1.0
-    return float(torch.special.gammaincc(torch.tensor(df / 2.0, dtype=torch.float64), torch.tensor(stat / 2.0, dtype=torch.float64)))
+    return float(
+        torch.special.gammaincc(
+            torch.tensor(df / 2.0, dtype=torch.float64), torch.tensor(stat / 2.0, dtype=torch.float64)
+        )
+    )
 
 
 def all_pairs(vocab: int):

@@ -138,7 +138,11 @@ def test_generation_stops_at_the_context_end():
 
 @pytest.mark.parametrize(
     ("opts", "message"),
-    [({"draft_len": 0}, "draft_len"), ({"bogus": 1}, "takes no option 'bogus'"), ({"draft_len": "x"}, "takes a int")],
+    [
+        ({"draft_len": 0}, "draft_len"),
+        ({"bogus": 1}, "takes no option 'bogus'"),
+        ({"draft_len": "x"}, "takes a int"),
+    ],
 )
 def test_method_options_are_checked(lm, opts, message):
     with pytest.raises(SpecDecodeError, match=message):

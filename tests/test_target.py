@@ -53,7 +53,9 @@ def test_cache_after_partial_acceptance_equals_plain_decoding(lm, path):
         torch.testing.assert_close(ours.values, theirs.values, atol=1e-5, rtol=0)
     # and decoding goes on from it exactly as from the plain cache
     nxt = t.score(5, DraftTree.empty())[0]
-    torch.testing.assert_close(nxt, plain_logits(lm, PROMPT + [TREE.tokens[i] for i in path] + [5]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        nxt, plain_logits(lm, PROMPT + [TREE.tokens[i] for i in path] + [5]), atol=1e-4, rtol=0
+    )
 
 
 def test_chain_all_accepted_keeps_every_row(lm):

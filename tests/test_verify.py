@@ -116,7 +116,9 @@ def wrong_verifier(tree, p_all, gen):
                 node = child
                 break
         else:
-            return Verdict(path, [tree.tokens[i] for i in path] + [int(torch.multinomial(p, 1, generator=gen))])
+            return Verdict(
+                path, [tree.tokens[i] for i in path] + [int(torch.multinomial(p, 1, generator=gen))]
+            )
 
 
 @pytest.mark.parametrize("shape", ["chain", "tree"])
