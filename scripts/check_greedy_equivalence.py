@@ -73,7 +73,7 @@ def main() -> int:
                      "hf_tps": res["hf"][1], "ours_tps": res["ours"][1]})  # fmt: skip
         if not ok:
             a, b = res["hf"][0], res["ours"][0]
-            k = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            k = next((j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
             tqdm.write(f"prompt {p.id} ({p.category}): first difference at new token {k}")
     hf_mean = statistics.fmean(r["hf_tps"] for r in rows)
     ours_mean = statistics.fmean(r["ours_tps"] for r in rows)

