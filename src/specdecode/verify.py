@@ -76,7 +76,7 @@ def verify_sampling(tree: DraftTree, p_all: torch.Tensor, gen: torch.Generator |
                 q_x = float(q[x])
             p_x = float(p[x])
             # accept x with probability min(1, p(x) / q(x))
-            if q_x > 0 and float(torch.rand((), generator=gen)) * q_x < p_x:
+            if q_x > 0 and float(torch.rand((), generator=gen, device=p.device)) * q_x < p_x:
                 chosen = child
                 break
             # rejected: the next sibling is tested against the residual norm(max(0, p - q))
