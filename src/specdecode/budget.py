@@ -1,0 +1,102 @@
+"""How many draft tokens to score: one policy for every tree drafter, sized by measured cost.
+
+A tree drafter ranks its candidate nodes by the estimated probability that the target accepts
+them (the product of per-edge acceptance estimates along the node's path) and asks
+:class:`BudgetPolicy` how many of the best to send. Scoring ``n`` nodes costs one target
+forward over ``n + 1`` tokens (the root too), ``t(n + 1)`` from the latency curve, plus the
+drafter's own work and a fixed per-step overhead; it commits ``1 + sum(p_1 .. p_n)`` tokens on
+average (the bonus token plus the expected accepted nodes: a node's acceptance probability is
+its contribution to the expected accepted length). The policy picks the ``n`` that maximizes
+
+    (1 + p_1 + ... + p_n) / (t(n + 1) + n * draft_cost_per_node + overhead_s)
+
+On a GPU, where ``t`` is flat up to a few dozen tokens, that is a large tree; on a CPU, where
+``t(16)`` is about ``2 t(1)``, only the likeliest few nodes pay for themselves.
+
+Nodes must come in descending probability, so that a parent (whose probability is at least its
+children's) always precedes its children and every prefix is a valid tree.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from specdecode.cost import LatencyCurve, read_cached
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OVERHEAD_S = 1e-3  # engine work per step besides the forward: verify, commit, bookkeeping
+FALLBACK_T1 = 0.02  # seconds; a 135M model's single-token forward on a laptop CPU
+
+
+def fallback_curve(t1: float = FALLBACK_T1) -> LatencyCurve:
+    """A CPU-like curve for when no calibration is cached: ``t(n) = t1 * (1 + n / 16)``.
+
+    Linear, so ``t(16)`` is about twice ``t(1)``, as measured for a 135M model on a CPU. On a
+    GPU it makes trees too small (never wrong, only slower): run ``specdecode calibrate``.
+    """
+    return LatencyCurve(
+        ns=[1, 256],
+        seconds=[t1 * (1 + 1 / 16), t1 * (1 + 256 / 16)],
+        device="cpu",
+        dtype="unknown",
+        model_key="fallback",
+        extra={"fallback": True},
+    )
+
+
+class BudgetPolicy:
+    """Chooses how many of a drafter's best nodes to score, maximizing committed tokens per second.
+
+    ``curve``: anything with ``t(n)`` (seconds of a forward scoring ``n`` tokens), usually a
+    :class:`specdecode.cost.LatencyCurve`; ``None`` uses :func:`fallback_curve`.
+    ``overhead_s``: per-step cost besides the forward and the drafting.
+    ``max_nodes``: never more nodes than this.
+    """
+
+    def __init__(self, curve=None, *, overhead_s: float = DEFAULT_OVERHEAD_S, max_nodes: int = 64) -> None:
+        if max_nodes < 0:
+            raise ValueError(f"max_nodes must be >= 0, got {max_nodes}")
+        if overhead_s < 0:
+            raise ValueError(f"overhead_s must be >= 0, got {overhead_s}")
+        self.curve = curve if curve is not None else fallback_curve()
+        self.overhead_s = overhead_s
+        self.max_nodes = max_nodes
+        # step_s[n]: a step's fixed cost with n draft nodes, the forward over n + 1 tokens included.
+        self.step_s = [self.curve.t(n + 1) + overhead_s for n in range(max_nodes + 1)]
+
+    @property
+    def is_fallback(self) -> bool:
+        return bool(getattr(self.curve, "extra", {}).get("fallback"))
+
+    def choose(self, probs_desc: Sequence[float], draft_cost_per_node: float = 0.0) -> int:
+        """The number ``n`` of leading nodes to score (0 means plain decoding this step).
+
+        ``probs_desc``: estimated acceptance probability of each candidate node, descending.
+        ``draft_cost_per_node``: seconds of drafting work per node scored.
+        """
+        step_s = self.step_s
+        best_n, best_rate = 0, 1.0 / step_s[0]
+        gained = 1.0  # expected committed tokens: the bonus token, then each node's probability
+        for n, p in enumerate(probs_desc[: self.max_nodes], 1):
+            gained += p
+            rate = gained / (step_s[n] + n * draft_cost_per_node)
+            if rate > best_rate:
+                best_n, best_rate = n, rate
+        return best_n
+
+    def expected_rate(self, probs_desc: Sequence[float], n: int, draft_cost_per_node: float = 0.0) -> float:
+        """Expected committed tokens per second when scoring the first ``n`` nodes."""
+        n = min(n, len(probs_desc), self.max_nodes)
+        return (1.0 + sum(probs_desc[:n])) / (self.step_s[n] + n * draft_cost_per_node)
+
+
+def policy_for(loaded, *, overhead_s: float = DEFAULT_OVERHEAD_S, max_nodes: int = 64) -> BudgetPolicy:
+    """The policy for loaded model ``loaded`` from its cached latency curve, never measuring one:
+    with no cached curve for this model, device and dtype, the CPU-like :func:`fallback_curve`
+    (run ``specdecode calibrate`` once to size trees from real timings)."""
+    curve = read_cached(loaded)
+    if curve is None:
+        logger.info("no cached latency curve for %s: sizing drafts with the CPU-like fallback", loaded.key)
+    return BudgetPolicy(curve, overhead_s=overhead_s, max_nodes=max_nodes)

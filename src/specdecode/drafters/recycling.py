@@ -1,0 +1,313 @@
+"""``recycling``: Token Recycling (Luo et al. 2024, "Turning Trash into Treasure: Accelerating
+Inference of Large Language Models with Token Recycling").
+
+Every verification computes the target's distribution after the root and after every draft
+node, rejected ones included. Token Recycling keeps that "trash": an adjacency matrix
+``M[vocab, k]`` holds, for each token, the target's top-k next tokens the last time that token
+was scored. ``M[token of row r] = topk(logits[r])`` for every scored row after each step (one
+``topk``, one indexed assignment). Drafts are trees read from ``M``: the root's row gives its
+children, each child's row its children, and so on.
+
+Where the paper uses a fixed tree template, here the tree is grown best-first: the rank-j
+child of an accepted node is accepted with an estimated rate (running counts with a prior), a
+node's probability is the product of the rates along its path, and the shared
+:class:`specdecode.budget.BudgetPolicy` decides from the measured latency curve how many of the
+likeliest nodes are worth scoring (large trees on a GPU, small ones on a CPU).
+
+The matrix starts empty (no draft from a token never scored); the prompt's own bigrams fill
+empty rows so the first prompt gets some drafts. It persists across prompts of a decoder and
+can be saved to and loaded from a safetensors file (``matrix_file=PATH``, or ``persist=true``
+for ``cache_dir()/recycling/<model key>.safetensors``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from specdecode.budget import policy_for
+from specdecode.drafters._acceptance import AcceptanceRates, judged_children
+from specdecode.drafters.base import Drafter, StepOutcome
+from specdecode.errors import SpecDecodeError
+from specdecode.registry import Option, register
+from specdecode.tree import DraftTree
+
+FORMAT = "specdecode-recycling"
+FORMAT_VERSION = "1"
+
+# P(rank-j child accepted | parent accepted) before any evidence; measured on SmolLM2-135M
+# (Spec-Bench prompts, greedy) the rates are about 0.55, 0.13, 0.05, 0.03, ... by rank.
+PRIOR_RATES = (0.55, 0.13, 0.06, 0.035, 0.025, 0.02, 0.015, 0.01)
+
+
+def output_vocab_size(loaded) -> int:
+    """Rows of the target's logits."""
+    head = loaded.model.get_output_embeddings() if hasattr(loaded.model, "get_output_embeddings") else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        return int(head.weight.shape[0])
+    config = loaded.model.config
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    return int(config.vocab_size)
+
+
+def default_matrix_path(model_key: str) -> Path:
+    from specdecode.models.cache import cache_dir
+
+    return cache_dir() / "recycling" / f"{model_key}.safetensors"
+
+
+@register(
+    "recycling",
+    "Token Recycling: a [vocab, k] matrix of the target's top-k next tokens, from every scored node",
+    options={
+        "k": Option(int, 8, "next tokens kept per token (the matrix's width)", lambda v: v >= 1, ">= 1"),
+        "budget": Option(
+            int,
+            0,
+            "draft nodes per step (0: chosen each step from the latency curve)",
+            lambda v: v >= 0,
+            ">= 0",
+        ),
+        "max_nodes": Option(
+            int, 64, "most draft nodes per step when chosen automatically", lambda v: v >= 1, ">= 1"
+        ),
+        "max_depth": Option(int, 16, "deepest draft node", lambda v: v >= 1, ">= 1"),
+        "matrix_file": Option(str, "", "safetensors file to load the matrix from and save it to"),
+        "persist": Option(bool, False, "load and save the matrix in the cache folder, one file per model"),
+        "save_every": Option(
+            int, 256, "with a file: save after this many steps (also on EOS)", lambda v: v >= 1, ">= 1"
+        ),
+    },
+)
+class TokenRecycling(Drafter):
+    def __init__(
+        self,
+        ctx,
+        k: int = 8,
+        budget: int = 0,
+        max_nodes: int = 64,
+        max_depth: int = 16,
+        matrix_file: str = "",
+        persist: bool = False,
+        save_every: int = 256,
+    ) -> None:
+        loaded = ctx.target
+        self.model_key = str(loaded.key)
+        self.vocab = output_vocab_size(loaded)
+        self.k = min(k, self.vocab)
+        self.budget = budget
+        self.max_depth = max_depth
+        self.save_every = save_every
+        self.eos = set(loaded.eos_token_ids)
+        # [vocab, k] int32, -1 = empty; rows fill left to right, entries of a row are distinct.
+        # Kept in numpy: row reads in the hot path are cheap and inference mode does not apply.
+        self.rows = np.full((self.vocab, self.k), -1, dtype=np.int32)
+        self.rates = AcceptanceRates([PRIOR_RATES[min(j, len(PRIOR_RATES) - 1)] for j in range(self.k)])
+        self.policy = None if budget else policy_for(loaded, max_nodes=max_nodes)
+        self.cap = budget or max_nodes
+        self.path: Path | None = None
+        if matrix_file:
+            self.path = Path(matrix_file).expanduser()
+            if self.path.exists():
+                self.load(self.path, strict=True)
+        elif persist:
+            self.path = default_matrix_path(self.model_key)
+            if self.path.exists():
+                self.load(self.path, strict=False)
+        self._ranks: list[int] = []  # rank of each node of the last proposal in its parent's row
+        self._unsaved = 0
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """The adjacency matrix ``[vocab, k]`` (int32, -1 for empty), sharing memory with the drafter."""
+        return torch.from_numpy(self.rows)
+
+    # ---- the drafter contract -------------------------------------------------------------
+    def begin(self, prompt_ids, sampling) -> None:
+        if self._unsaved and self.path is not None:
+            self._autosave()
+        self.seed(prompt_ids)
+
+    def seed(self, ids: list[int]) -> None:
+        """Fill empty slots of rows from the bigrams of ``ids`` (rows the target filled are full)."""
+        rows, k, vocab = self.rows, self.k, self.vocab
+        for a, b in zip(ids, ids[1:], strict=False):
+            if not (0 <= a < vocab and 0 <= b < vocab) or rows[a, k - 1] >= 0:
+                continue
+            row = rows[a]
+            for j in range(k):
+                if row[j] == b:
+                    break
+                if row[j] < 0:
+                    row[j] = b
+                    break
+
+    def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
+        rows, rates = self.rows, self.rates.rates
+        depth_cap = min(self.max_depth, max_depth)
+        k = self.k
+        out_tokens: list[int] = []
+        parents: list[int] = []
+        probs: list[float] = []
+        ranks: list[int] = []
+        # Best-first growth. Rates fall with the rank, so a node's rank-(j+1) sibling is never
+        # likelier than it: push a node's first child and next sibling only when it is popped.
+        # Heap entries: (-probability, tie, parent node, parent probability, rank, token, depth).
+        heap: list[tuple[float, int, int, float, int, int, int]] = []
+        tie = 0
+        first = int(rows[tokens[-1], 0])
+        if first >= 0:
+            heap.append((-rates[0], 0, -1, 1.0, 0, first, 1))
+        while heap and len(out_tokens) < self.cap:
+            neg_p, _, parent, parent_p, j, token, depth = heapq.heappop(heap)
+            node = len(out_tokens)
+            out_tokens.append(token)
+            parents.append(parent)
+            probs.append(-neg_p)
+            ranks.append(j)
+            ptoken = tokens[-1] if parent < 0 else out_tokens[parent]
+            if j + 1 < k:
+                sibling = int(rows[ptoken, j + 1])
+                if sibling >= 0:
+                    tie += 1
+                    heapq.heappush(
+                        heap, (-parent_p * rates[j + 1], tie, parent, parent_p, j + 1, sibling, depth)
+                    )
+            if depth < depth_cap:
+                child = int(rows[token, 0])
+                if child >= 0:
+                    tie += 1
+                    heapq.heappush(heap, (neg_p * rates[0], tie, node, -neg_p, 0, child, depth + 1))
+        if self.policy is not None:
+            n = self.policy.choose(probs)
+            del out_tokens[n:], parents[n:], ranks[n:]
+        self._ranks = ranks
+        return DraftTree(out_tokens, parents)
+
+    def observe(self, outcome: StepOutcome) -> None:
+        tree, logits, verdict = outcome.tree, outcome.logits, outcome.verdict
+        root = outcome.tokens[-len(verdict.tokens) - 1]
+        # Recycle every scored row: M[token of row r] = topk(logits[r]).
+        scored = np.asarray([root, *tree.tokens], dtype=np.int64)
+        top = torch.topk(logits, self.k, dim=-1).indices  # [n + 1, k]
+        self.rows[scored] = top.to("cpu", torch.int32).numpy()
+        # Counts decay every step, drafted or not, so rates that fell too low to draft recover.
+        ranks = self._ranks if len(self._ranks) == len(tree) else None
+        self.rates.update([(ranks[c], ok) for c, ok in judged_children(tree, verdict.path)] if ranks else [])
+        if self.path is not None:
+            self._unsaved += 1
+            if self._unsaved >= self.save_every or any(t in self.eos for t in verdict.tokens):
+                self._autosave()
+
+    # ---- persistence ----------------------------------------------------------------------
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the matrix (and the rank statistics) to ``path`` (default: the drafter's file)
+        as safetensors, atomically; returns the path."""
+        from safetensors.torch import save_file
+
+        from specdecode.models.cache import clean_stale_temps, temp_sibling
+
+        target = Path(path).expanduser() if path is not None else self.path
+        if target is None:
+            raise SpecDecodeError("recycling: no file to save the matrix to: give a path or matrix_file=PATH")
+        accepted, offered = self.rates.state()
+        tensors = {
+            "matrix": torch.from_numpy(self.rows.copy()),
+            "rank_accepted": torch.tensor(accepted, dtype=torch.float64),
+            "rank_offered": torch.tensor(offered, dtype=torch.float64),
+        }
+        metadata = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "model_key": self.model_key,
+            "vocab_size": str(self.vocab),
+            "k": str(self.k),
+        }
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            clean_stale_temps(target)
+            tmp = temp_sibling(target)
+            try:
+                save_file(tensors, str(tmp), metadata=metadata)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+        except OSError as e:
+            raise SpecDecodeError(f"recycling: cannot save the matrix to {target}: {e}") from None
+        self._unsaved = 0
+        return target
+
+    def _autosave(self) -> None:
+        try:
+            self.save()
+        except SpecDecodeError as e:
+            warnings.warn(f"{e}; keeping it in memory only", stacklevel=2)
+            self.path = None
+
+    def load(self, path: str | os.PathLike, *, strict: bool = True) -> bool:
+        """Replace the matrix with the one saved in ``path``. A file that is unreadable or made for
+        another model or vocabulary raises :class:`SpecDecodeError` when ``strict``, else is
+        ignored with a warning (returns False). A different ``k`` is fine: columns are cut or
+        padded."""
+        path = Path(path).expanduser()
+        try:
+            rows, accepted, offered = self._read(path)
+        except SpecDecodeError as e:
+            if strict:
+                raise
+            warnings.warn(f"{e}; starting from an empty matrix", stacklevel=2)
+            return False
+        self.rows[...] = rows
+        if accepted is not None and offered is not None:
+            self.rates.set_state(accepted, offered)
+        return True
+
+    def _read(self, path: Path):
+        from safetensors import SafetensorError, safe_open
+
+        def bad(why: str) -> SpecDecodeError:
+            return SpecDecodeError(f"recycling: {path} is not a usable matrix file: {why}")
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                keys = set(f.keys())
+                if meta.get("format") != FORMAT or "matrix" not in keys:
+                    raise bad("not a token recycling matrix")
+                if meta.get("version") != FORMAT_VERSION:
+                    raise bad(f"format version {meta.get('version')!r}, expected {FORMAT_VERSION}")
+                if meta.get("model_key") != self.model_key:
+                    raise bad(f"it was saved for model {meta.get('model_key')!r}, this is {self.model_key!r}")
+                matrix = f.get_tensor("matrix")
+                accepted = f.get_tensor("rank_accepted").tolist() if "rank_accepted" in keys else None
+                offered = f.get_tensor("rank_offered").tolist() if "rank_offered" in keys else None
+        except SpecDecodeError:
+            raise
+        except (OSError, SafetensorError, ValueError, RuntimeError) as e:
+            raise bad(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        if meta.get("vocab_size") != str(self.vocab) or matrix.ndim != 2 or matrix.shape[0] != self.vocab:
+            raise bad(
+                f"vocabulary {meta.get('vocab_size')} / shape {tuple(matrix.shape)}, expected {self.vocab} rows"
+            )
+        if matrix.dtype != torch.int32:
+            raise bad(f"dtype {matrix.dtype}, expected int32")
+        m = matrix.numpy()
+        if m.shape[1] >= self.k:
+            m = m[:, : self.k]
+        else:
+            m = np.concatenate([m, np.full((m.shape[0], self.k - m.shape[1]), -1, dtype=np.int32)], axis=1)
+        if m.size and (m.min() < -1 or m.max() >= self.vocab):
+            raise bad("token ids out of range")
+        if self.k > 1:
+            if ((m[:, 1:] >= 0) & (m[:, :-1] < 0)).any():
+                raise bad("a row has a gap")
+            s = np.sort(m, axis=1)
+            if ((s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)).any():
+                raise bad("a row repeats a token")
+        return m, accepted, offered
