@@ -11,6 +11,7 @@ proposal costs a dictionary look-up, not a scan of the context.
 
 from __future__ import annotations
 
+from specdecode.drafters._acceptance import AcceptanceRates
 from specdecode.drafters.base import Drafter
 from specdecode.errors import SpecDecodeError
 from specdecode.registry import Option, register
@@ -39,15 +40,16 @@ class NgramIndex:
                     m[tuple(tokens[e - n : e])] = e
         self.indexed = max(self.indexed, end + 1)
 
-    def lookup(self, tokens: list[int], length: int) -> list[int]:
-        """The continuation of the latest earlier match of the longest matching suffix."""
+    def lookup(self, tokens: list[int], length: int) -> tuple[list[int], int]:
+        """The continuation of the latest earlier match of the longest matching suffix, and
+        that suffix's length (0 when nothing matched)."""
         for n in self.sizes:
             if len(tokens) <= n:
                 continue
             pos = self.maps[n].get(tuple(tokens[-n:]))
             if pos is not None:
-                return tokens[pos : pos + length]
-        return []
+                return tokens[pos : pos + length], n
+        return [], 0
 
 
 @register(
@@ -57,18 +59,47 @@ class NgramIndex:
         "draft_len": Option(int, 10, "tokens proposed per step", lambda v: v >= 1, ">= 1"),
         "ngram_max": Option(int, 3, "longest n-gram matched", lambda v: v >= 1, ">= 1"),
         "ngram_min": Option(int, 1, "shortest n-gram matched", lambda v: v >= 1, ">= 1"),
+        "adaptive": Option(
+            bool, True, "cut drafts to the length the cost curve and acceptance so far pay for"
+        ),
     },
 )
 class PromptLookup(Drafter):
-    def __init__(self, ctx, draft_len: int = 10, ngram_max: int = 3, ngram_min: int = 1) -> None:
+    def __init__(
+        self, ctx, draft_len: int = 10, ngram_max: int = 3, ngram_min: int = 1, adaptive: bool = True
+    ) -> None:
         if ngram_min > ngram_max:
             raise SpecDecodeError(f"pld: ngram_min ({ngram_min}) must not exceed ngram_max ({ngram_max})")
         self.draft_len = draft_len
         self.index = NgramIndex(list(range(ngram_min, ngram_max + 1)))
+        self.policy = None
+        if adaptive:
+            from specdecode.budget import policy_for
+
+            self.policy = policy_for(ctx.target, max_nodes=draft_len)
+            # P(draft token i accepted | token i - 1 accepted), per matched n-gram length
+            self.rates = {n: AcceptanceRates([0.6] * draft_len, monotone=False) for n in self.index.sizes}
+        self._matched = 0
 
     def begin(self, prompt_ids, sampling) -> None:
         self.index.reset()
 
     def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
         self.index.update(tokens)
-        return DraftTree.chain(self.index.lookup(tokens, min(self.draft_len, max_depth)))
+        draft, self._matched = self.index.lookup(tokens, min(self.draft_len, max_depth))
+        if draft and self.policy is not None:
+            probs, p = [], 1.0
+            for r in self.rates[self._matched].rates[: len(draft)]:
+                p *= r
+                probs.append(p)
+            # at least one token, so that a poor estimate can still recover
+            draft = draft[: max(1, self.policy.choose(probs))]
+        return DraftTree.chain(draft)
+
+    def observe(self, outcome) -> None:
+        if self.policy is None or not len(outcome.tree):
+            return
+        accepted = outcome.verdict.accepted
+        # the verifier judged drafts 0 .. accepted (the first rejected one included)
+        judged = [(i, i < accepted) for i in range(min(accepted + 1, len(outcome.tree)))]
+        self.rates[self._matched].update(judged)
