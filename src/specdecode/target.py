@@ -74,28 +74,32 @@ class Target:
         self._pending = len(tree) + 1
         return out.logits[0].float()
 
+    @torch.inference_mode()
     def commit(self, path: list[int]) -> None:
         """Keep the root and the accepted ``path`` (node indices, root's child first); drop the rest.
 
         For a path that is a prefix of the node order (always so for a chain) this is a crop;
-        otherwise the accepted rows are gathered to the front (compaction).
+        otherwise the accepted rows are moved up behind the root, in place, and the rest cut
+        off (compaction): work in the path's length, not the context's.
         """
         assert self.cache is not None
         scored, self._pending = self._pending, 0
-        start = self.length - scored  # cache length before the root
         drop = scored - 1 - len(path)
         if path == list(range(len(path))):
             if drop:
                 self.cache.crop(-drop)
             return
-        keep = torch.tensor([start, *(start + 1 + i for i in path)], device=self.device)
+        rows = torch.tensor([1 + i for i in path], device=self.device)  # accepted, counted from the root
         for layer in self.cache.layers:
             if not getattr(layer, "is_initialized", True) or layer.keys is None:
                 continue
-            head = layer.keys.shape[-2] - scored  # rows before the root in this layer
-            idx = torch.cat([torch.arange(head, device=self.device), keep - start + head])
-            layer.keys = layer.keys.index_select(-2, idx)
-            layer.values = layer.values.index_select(-2, idx)
+            root = layer.keys.shape[-2] - scored  # the root's row in this layer
+            end = root + 1 + len(path)
+            # index_select copies the accepted rows first, so overlapping ranges are safe.
+            layer.keys[..., root + 1 : end, :] = layer.keys.index_select(-2, rows + root)
+            layer.values[..., root + 1 : end, :] = layer.values.index_select(-2, rows + root)
+            layer.keys = layer.keys[..., :end, :]
+            layer.values = layer.values[..., :end, :]
             if hasattr(layer, "cumulative_length"):
                 layer.cumulative_length -= drop
 
