@@ -54,6 +54,16 @@ def test_greedy_equals_ar(peaky, options):
         assert max(len(t) for t in trees) == options["budget"]
 
 
+def test_repetitive_text_is_accepted():
+    # A small vocabulary and no EOS: the model's output keeps coming back to the same tokens.
+    lm = tiny_model_for_tests(vocab_size=16, seed=1, eos_token_id=None, initializer_range=0.3)
+    prompt = [3, 4, 5, 3, 4, 5]
+    want = build_decoder("ar", lm).generate_ids(prompt, max_new_tokens=64).token_ids
+    got = build_decoder("recycling", lm).generate_ids(prompt, max_new_tokens=64)
+    assert got.token_ids == want
+    assert got.mean_accepted > 1.5
+
+
 def test_matrix_holds_the_target_top_k_of_scored_rows(peaky):
     rec = build_decoder("recycling", peaky, options={"budget": 4, "k": 3})
     out = rec.generate_ids(PROMPTS[0], max_new_tokens=20).token_ids

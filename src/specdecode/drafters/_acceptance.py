@@ -17,17 +17,25 @@ class AcceptanceRates:
     """``rates[b]``: estimated P(child accepted | parent accepted) for a child in bucket ``b``.
 
     Each rate is ``(accepted + w * prior) / (offered + w)`` over counts that decay by ``decay``
-    per :meth:`update`. With ``monotone``, rates never increase with the bucket index (bucket 0
-    is the likeliest), which keeps best-first tree growth simple.
+    per :meth:`update`, so without evidence a rate drifts back to its prior (a drafter that
+    stopped drafting because its rates fell starts again). With ``monotone``, rates never
+    increase with the bucket index within each block of ``block`` buckets (all buckets when
+    None): bucket 0 of a block is its likeliest, which keeps best-first tree growth simple.
     """
 
     def __init__(
-        self, prior: Sequence[float], weight: float = 4.0, decay: float = 0.995, monotone: bool = True
+        self,
+        prior: Sequence[float],
+        weight: float = 20.0,
+        decay: float = 0.995,
+        monotone: bool = True,
+        block: int | None = None,
     ) -> None:
         self.prior = [float(p) for p in prior]
         self.weight = float(weight)
         self.decay = float(decay)
         self.monotone = monotone
+        self.block = block or len(self.prior)
         self.accepted = [0.0] * len(self.prior)
         self.offered = [0.0] * len(self.prior)
         self.rates: list[float] = []
@@ -53,7 +61,8 @@ class AcceptanceRates:
         ]
         if self.monotone:
             for b in range(1, len(rates)):
-                rates[b] = min(rates[b], rates[b - 1])
+                if b % self.block:
+                    rates[b] = min(rates[b], rates[b - 1])
         self.rates = [min(max(r, 1e-6), 1.0) for r in rates]
 
     def state(self) -> tuple[list[float], list[float]]:

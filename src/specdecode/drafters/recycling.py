@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -40,9 +41,11 @@ from specdecode.tree import DraftTree
 FORMAT = "specdecode-recycling"
 FORMAT_VERSION = "1"
 
-# P(rank-j child accepted | parent accepted) before any evidence; measured on SmolLM2-135M
-# (Spec-Bench prompts, greedy) the rates are about 0.55, 0.13, 0.05, 0.03, ... by rank.
-PRIOR_RATES = (0.55, 0.13, 0.06, 0.035, 0.025, 0.02, 0.015, 0.01)
+# P(rank-j child accepted | parent accepted) before any evidence, as measured on SmolLM2-135M
+# (six Spec-Bench prompts, greedy, 16-node trees): about 0.40, 0.11, 0.07, 0.04, then < 0.01.
+PRIOR_RATES = (0.4, 0.11, 0.07, 0.04, 0.01, 0.008, 0.006, 0.005)
+# The same for rows seeded from the prompt's bigrams, which the target never filled.
+PRIOR_SEEDED = (0.15, 0.05, 0.03, 0.02, 0.01, 0.008, 0.006, 0.005)
 
 
 def output_vocab_size(loaded) -> int:
@@ -108,7 +111,12 @@ class TokenRecycling(Drafter):
         # [vocab, k] int32, -1 = empty; rows fill left to right, entries of a row are distinct.
         # Kept in numpy: row reads in the hot path are cheap and inference mode does not apply.
         self.rows = np.full((self.vocab, self.k), -1, dtype=np.int32)
-        self.rates = AcceptanceRates([PRIOR_RATES[min(j, len(PRIOR_RATES) - 1)] for j in range(self.k)])
+        self.seeded = np.zeros(self.vocab, dtype=bool)  # rows filled from prompt bigrams only
+        # Acceptance rates by bucket: rank j in a row the target filled is bucket j, rank j in a
+        # seeded row bucket k + j (seeded rows are much worse guesses).
+        prior = [PRIOR_RATES[min(j, len(PRIOR_RATES) - 1)] for j in range(self.k)]
+        prior += [PRIOR_SEEDED[min(j, len(PRIOR_SEEDED) - 1)] for j in range(self.k)]
+        self.rates = AcceptanceRates(prior, block=self.k)
         self.policy = None if budget else policy_for(loaded, max_nodes=max_nodes)
         self.cap = budget or max_nodes
         self.path: Path | None = None
@@ -120,8 +128,9 @@ class TokenRecycling(Drafter):
             self.path = default_matrix_path(self.model_key)
             if self.path.exists():
                 self.load(self.path, strict=False)
-        self._ranks: list[int] = []  # rank of each node of the last proposal in its parent's row
+        self._buckets: list[int] = []  # acceptance bucket of each node of the last proposal
         self._unsaved = 0
+        self._row_cost = 0.0  # seconds of observe() work per scored row (running average)
 
     @property
     def matrix(self) -> torch.Tensor:
@@ -146,60 +155,68 @@ class TokenRecycling(Drafter):
                     break
                 if row[j] < 0:
                     row[j] = b
+                    self.seeded[a] = True
                     break
 
     def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
-        rows, rates = self.rows, self.rates.rates
+        rows, rates, seeded = self.rows, self.rates.rates, self.seeded
         depth_cap = min(self.max_depth, max_depth)
         k = self.k
         out_tokens: list[int] = []
         parents: list[int] = []
         probs: list[float] = []
-        ranks: list[int] = []
+        buckets: list[int] = []
         # Best-first growth. Rates fall with the rank, so a node's rank-(j+1) sibling is never
         # likelier than it: push a node's first child and next sibling only when it is popped.
-        # Heap entries: (-probability, tie, parent node, parent probability, rank, token, depth).
+        # Heap entries: (-probability, tie, parent node, parent probability, bucket, token, depth).
         heap: list[tuple[float, int, int, float, int, int, int]] = []
         tie = 0
-        first = int(rows[tokens[-1], 0])
+        root = tokens[-1]
+        first = int(rows[root, 0])
         if first >= 0:
-            heap.append((-rates[0], 0, -1, 1.0, 0, first, 1))
+            b = k if seeded[root] else 0
+            heap.append((-rates[b], 0, -1, 1.0, b, first, 1))
         while heap and len(out_tokens) < self.cap:
-            neg_p, _, parent, parent_p, j, token, depth = heapq.heappop(heap)
+            neg_p, _, parent, parent_p, b, token, depth = heapq.heappop(heap)
             node = len(out_tokens)
             out_tokens.append(token)
             parents.append(parent)
             probs.append(-neg_p)
-            ranks.append(j)
-            ptoken = tokens[-1] if parent < 0 else out_tokens[parent]
+            buckets.append(b)
+            j = b % k
             if j + 1 < k:
-                sibling = int(rows[ptoken, j + 1])
+                sibling = int(rows[root if parent < 0 else out_tokens[parent], j + 1])
                 if sibling >= 0:
                     tie += 1
                     heapq.heappush(
-                        heap, (-parent_p * rates[j + 1], tie, parent, parent_p, j + 1, sibling, depth)
+                        heap, (-parent_p * rates[b + 1], tie, parent, parent_p, b + 1, sibling, depth)
                     )
             if depth < depth_cap:
                 child = int(rows[token, 0])
                 if child >= 0:
+                    cb = k if seeded[token] else 0
                     tie += 1
-                    heapq.heappush(heap, (neg_p * rates[0], tie, node, -neg_p, 0, child, depth + 1))
+                    heapq.heappush(heap, (neg_p * rates[cb], tie, node, -neg_p, cb, child, depth + 1))
         if self.policy is not None:
-            n = self.policy.choose(probs)
-            del out_tokens[n:], parents[n:], ranks[n:]
-        self._ranks = ranks
+            # Each scored node also costs its row's top-k in observe(): measured, per node.
+            n = self.policy.choose(probs, draft_cost_per_node=self._row_cost)
+            del out_tokens[n:], parents[n:], buckets[n:]
+        self._buckets = buckets
         return DraftTree(out_tokens, parents)
 
     def observe(self, outcome: StepOutcome) -> None:
         tree, logits, verdict = outcome.tree, outcome.logits, outcome.verdict
         root = outcome.tokens[-len(verdict.tokens) - 1]
         # Recycle every scored row: M[token of row r] = topk(logits[r]).
+        start = time.perf_counter()
         scored = np.asarray([root, *tree.tokens], dtype=np.int64)
         top = torch.topk(logits, self.k, dim=-1).indices  # [n + 1, k]
         self.rows[scored] = top.to("cpu", torch.int32).numpy()
+        self.seeded[scored] = False
+        self._row_cost = 0.9 * self._row_cost + 0.1 * (time.perf_counter() - start) / len(scored)
         # Counts decay every step, drafted or not, so rates that fell too low to draft recover.
-        ranks = self._ranks if len(self._ranks) == len(tree) else None
-        self.rates.update([(ranks[c], ok) for c, ok in judged_children(tree, verdict.path)] if ranks else [])
+        bk = self._buckets if len(self._buckets) == len(tree) else None
+        self.rates.update([(bk[c], ok) for c, ok in judged_children(tree, verdict.path)] if bk else [])
         if self.path is not None:
             self._unsaved += 1
             if self._unsaved >= self.save_every or any(t in self.eos for t in verdict.tokens):
@@ -219,8 +236,10 @@ class TokenRecycling(Drafter):
         accepted, offered = self.rates.state()
         tensors = {
             "matrix": torch.from_numpy(self.rows.copy()),
-            "rank_accepted": torch.tensor(accepted, dtype=torch.float64),
-            "rank_offered": torch.tensor(offered, dtype=torch.float64),
+            "seeded": torch.from_numpy(self.seeded.astype(np.uint8)),
+            # [2, k]: row 0 for rows the target filled, row 1 for seeded rows
+            "rank_accepted": torch.tensor(accepted, dtype=torch.float64).view(2, self.k),
+            "rank_offered": torch.tensor(offered, dtype=torch.float64).view(2, self.k),
         }
         metadata = {
             "format": FORMAT,
@@ -257,13 +276,14 @@ class TokenRecycling(Drafter):
         padded."""
         path = Path(path).expanduser()
         try:
-            rows, accepted, offered = self._read(path)
+            rows, seeded, accepted, offered = self._read(path)
         except SpecDecodeError as e:
             if strict:
                 raise
             warnings.warn(f"{e}; starting from an empty matrix", stacklevel=2)
             return False
         self.rows[...] = rows
+        self.seeded[...] = seeded
         if accepted is not None and offered is not None:
             self.rates.set_state(accepted, offered)
         return True
@@ -285,8 +305,9 @@ class TokenRecycling(Drafter):
                 if meta.get("model_key") != self.model_key:
                     raise bad(f"it was saved for model {meta.get('model_key')!r}, this is {self.model_key!r}")
                 matrix = f.get_tensor("matrix")
-                accepted = f.get_tensor("rank_accepted").tolist() if "rank_accepted" in keys else None
-                offered = f.get_tensor("rank_offered").tolist() if "rank_offered" in keys else None
+                seeded = f.get_tensor("seeded") if "seeded" in keys else None
+                accepted = f.get_tensor("rank_accepted") if "rank_accepted" in keys else None
+                offered = f.get_tensor("rank_offered") if "rank_offered" in keys else None
         except SpecDecodeError:
             raise
         except (OSError, SafetensorError, ValueError, RuntimeError) as e:
@@ -310,4 +331,19 @@ class TokenRecycling(Drafter):
             s = np.sort(m, axis=1)
             if ((s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)).any():
                 raise bad("a row repeats a token")
-        return m, accepted, offered
+        if seeded is None or seeded.shape != (self.vocab,):
+            seeded = np.zeros(self.vocab, dtype=bool)
+        else:
+            seeded = seeded.numpy() != 0
+        stats = [self._fit_stats(t) for t in (accepted, offered)]
+        if any(t is None for t in stats):
+            stats = [None, None]
+        return m, seeded, stats[0], stats[1]
+
+    def _fit_stats(self, t: torch.Tensor | None) -> list[float] | None:
+        """Saved ``[2, k']`` rank counts as a flat ``2 k`` list (columns cut or zero-padded)."""
+        if t is None or t.ndim != 2 or t.shape[0] != 2:
+            return None
+        t = t.double()[:, : self.k]
+        t = torch.cat([t, torch.zeros(2, self.k - t.shape[1], dtype=torch.float64)], dim=1)
+        return t.flatten().tolist()

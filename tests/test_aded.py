@@ -1,0 +1,118 @@
+"""``aded`` (Adaptive Draft-Verification): lossless greedy and sampling, the tri-gram statistics,
+the tree search."""
+
+import pytest
+
+from lossless import chi_square_pvalue, exact_joint, sample_joint
+from specdecode.drafters.aded import TrigramModel
+from specdecode.engine import build_decoder
+from specdecode.models.testing import tiny_model_for_tests
+from specdecode.sampling import SamplingConfig
+
+PROMPTS = [
+    [3, 5, 7, 3, 5, 7, 3, 5, 7, 3, 5],
+    [10, 11, 12, 13, 14, 15, 10, 11, 12],
+    [40, 2, 9],
+]
+
+
+@pytest.fixture(scope="module")
+def peaky():
+    return tiny_model_for_tests(vocab_size=64, seed=3, initializer_range=0.3)
+
+
+def spy(decoder):
+    trees = []
+    propose = decoder.drafter.propose
+
+    def wrapped(tokens, max_depth):
+        tree = propose(tokens, max_depth)
+        trees.append(tree)
+        assert len(tree) == 0 or max(tree.depths()) <= max_depth
+        for node in range(-1, len(tree)):  # distinct siblings
+            kids = [tree.tokens[c] for c in tree.children(node)]
+            assert len(kids) == len(set(kids))
+        return tree
+
+    decoder.drafter.propose = wrapped
+    return trees
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"budget": 8}, {"budget": 3, "top": 2}, {"budget": 6, "max_depth": 1}]
+)
+def test_greedy_equals_ar(peaky, options):
+    ar = build_decoder("ar", peaky)
+    aded = build_decoder("aded", peaky, options=options)
+    trees = spy(aded)
+    accepted = []
+    for prompt in PROMPTS:
+        want = ar.generate_ids(prompt, max_new_tokens=48).token_ids
+        got = aded.generate_ids(prompt, max_new_tokens=48)
+        assert got.token_ids == want
+        accepted.append(got.mean_accepted)
+    assert max(accepted) > 1.05  # drafts are accepted
+    assert any(len(t) and not t.is_chain for t in trees)  # trees branch
+    if options.get("budget"):
+        assert max(len(t) for t in trees) == options["budget"]
+
+
+def test_repetitive_text_is_learned():
+    # A small vocabulary and no EOS: the model's output keeps coming back to the same tri-grams.
+    lm = tiny_model_for_tests(vocab_size=16, seed=1, eos_token_id=None, initializer_range=0.3)
+    ar = build_decoder("ar", lm)
+    aded = build_decoder("aded", lm, options={"budget": 8})
+    prompt = [3, 4, 5, 3, 4, 5]
+    want = ar.generate_ids(prompt, max_new_tokens=64).token_ids
+    got = aded.generate_ids(prompt, max_new_tokens=64)
+    assert got.token_ids == want
+    assert got.mean_accepted > 1.5
+
+
+def test_trigram_model():
+    m = TrigramModel(keep=3, decay=0.5)
+    for c in (7, 7, 8):
+        m.add(1, 2, c)
+    found, seen = m.candidates(1, 2, 5)
+    assert seen and [c for c, _ in found] == [7, 8]
+    assert sum(p for _, p in found) == pytest.approx(1.0)
+    # An unseen tri-gram context backs off to the bigram.
+    found, seen = m.candidates(9, 2, 5)
+    assert not seen and found[0][0] == 7
+    assert m.candidates(1, 3, 5) == ([], False)
+    # Recency: after a tick, new evidence outweighs old counts.
+    m.tick()
+    for _ in range(2):
+        m.add(1, 2, 9)
+    assert m.candidates(1, 2, 1)[0][0][0] == 9
+    # Pruned to `keep` entries per context.
+    for c in (10, 11, 12):
+        m.add(1, 2, c, weight=100)
+    assert len(m.tri[(1, 2)]) == 3
+    # Rescaling keeps the ranking.
+    for _ in range(60):
+        m.tick()
+    m.add(1, 2, 10)
+    assert m.inc < 1e12
+    assert m.candidates(1, 2, 1)[0][0][0] == 10
+
+
+def test_statistics_persist_across_prompts(peaky):
+    aded = build_decoder("aded", peaky, options={"budget": 4})
+    aded.generate_ids(PROMPTS[0], max_new_tokens=16)
+    before = len(aded.drafter.model.tri)
+    aded.generate_ids(PROMPTS[2], max_new_tokens=16)
+    assert len(aded.drafter.model.tri) > before
+    assert (3, 5) in aded.drafter.model.tri  # from the first prompt, still there
+
+
+def test_sampling_is_lossless():
+    lm = tiny_model_for_tests(vocab_size=8, seed=1, eos_token_id=None, initializer_range=0.3)
+    prompt = [3, 5, 3, 5, 3]
+    cfg = SamplingConfig(temperature=1.0)
+    aded = build_decoder("aded", lm, options={"budget": 6})
+    trees = spy(aded)
+    counts = sample_joint(aded, prompt, cfg, 1000)
+    assert sum(len(t) for t in trees) > 1000
+    assert any(not t.is_chain for t in trees)
+    assert chi_square_pvalue(counts, exact_joint(lm, prompt, cfg)) > 1e-3
