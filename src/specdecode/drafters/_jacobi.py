@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
-FALLBACK_NODES = 8  # draft nodes per step when no budget policy is available
-
 
 class EdgeStats:
     """Running estimates of ``P(node accepted | its parent accepted)``, one per key.
@@ -34,12 +32,10 @@ class EdgeStats:
 
 
 def budget_policy(loaded):
-    """The shared :class:`specdecode.budget.BudgetPolicy` for ``loaded`` (its cached latency
-    curve, or a CPU-like fallback); ``None`` where the module is unavailable."""
-    try:
-        from specdecode.budget import policy_for
-    except ImportError:  # pragma: no cover - the policy is part of the package
-        return None
+    """The shared :class:`specdecode.budget.BudgetPolicy` for ``loaded``: its cached latency
+    curve, or a CPU-like fallback when none is cached (never measures one)."""
+    from specdecode.budget import policy_for
+
     return policy_for(loaded)
 
 
@@ -50,10 +46,5 @@ def choose_nodes(policy, budget: int, probs_desc: Sequence[float]) -> int:
     this step). Drafters keep their estimates alive without scoring, by checking unscored
     guesses against the tokens committed later.
     """
-    if budget > 0:
-        n = budget
-    elif policy is None:
-        n = FALLBACK_NODES
-    else:
-        n = policy.choose(probs_desc)
+    n = budget if budget > 0 else policy.choose(probs_desc)
     return min(n, len(probs_desc))
