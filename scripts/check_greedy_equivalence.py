@@ -34,6 +34,7 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--limit", type=int, default=0, help="at most this many prompts (0 = all)")
     ap.add_argument("--every", type=int, default=1, help="take every k-th prompt of the set")
+    ap.add_argument("--start", type=int, default=0, help="skip the first N prompts (to resume a run)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--out", default=None, help="write per-prompt results as JSON here")
     args = ap.parse_args()
@@ -42,7 +43,7 @@ def main() -> int:
 
     loaded = load_model(args.model)
     decoder = build_decoder(args.method, loaded)
-    prompts = read_jsonl(spec_bench_path())[:: args.every]
+    prompts = read_jsonl(spec_bench_path())[args.start :: args.every]
     if args.limit:
         prompts = prompts[: args.limit]
     model, eos = loaded.model, sorted(loaded.eos_token_ids)
@@ -75,6 +76,8 @@ def main() -> int:
             a, b = res["hf"][0], res["ours"][0]
             k = next((j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
             tqdm.write(f"prompt {p.id} ({p.category}): first difference at new token {k}")
+        if (i + 1) % 20 == 0:
+            tqdm.write(f"checked {i + 1} prompts from index {args.start}: {same} identical")
     hf_mean = statistics.fmean(r["hf_tps"] for r in rows)
     ours_mean = statistics.fmean(r["ours_tps"] for r in rows)
     summary = {"prompts": len(rows), "identical": same, "hf_tokens_per_second": hf_mean,
