@@ -116,18 +116,12 @@ class Decoder:
         for step in self.steps(prompt_ids, sampling, limit):
             if stats is not None:
                 stats.append(step)
-            for t in step.tokens:
-                out.append(t)
-                if t in eos:
-                    finish = "eos"
-                    break
-                if len(out) >= max_new_tokens:
-                    break
+            if _take(step.tokens, out, eos, max_new_tokens):
+                finish = "eos"
             text = tok.decode(out, skip_special_tokens=True)
-            if stop:
-                cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-                if cut >= 0:
-                    text, finish = text[:cut], "stop"
+            cut = _stop_at(text, stop)
+            if cut >= 0:
+                text, finish = text[:cut], "stop"
             if finish == "length" and len(out) < max_new_tokens and text.endswith("\ufffd"):
                 continue  # a multi-byte character is still incomplete: wait for more tokens
             done = finish != "length" or len(out) >= max_new_tokens
@@ -165,20 +159,15 @@ class Decoder:
             eos = self.loaded.eos_token_ids
             for step in self.steps(prompt_ids, sampling, limit):
                 stats.append(step)
-                for t in step.tokens:
-                    ids.append(t)
-                    if t in eos:
-                        finish = "eos"
-                        break
-                    if len(ids) >= max_new_tokens:
-                        break
-                if finish == "eos" or len(ids) >= max_new_tokens:
+                if _take(step.tokens, ids, eos, max_new_tokens):
+                    finish = "eos"
+                    break
+                if len(ids) >= max_new_tokens:
                     break
         seconds = time.perf_counter() - start
         text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
-        if stop:
-            cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-            text = text[:cut] if cut >= 0 else text
+        cut = _stop_at(text, stop or [])
+        text = text[:cut] if cut >= 0 else text
         lengths = [len(s.tokens) for s in stats[1:]]
         return GenerationResult(
             text=text,
@@ -206,6 +195,23 @@ class Decoder:
                 f"the prompt has {len(prompt_ids)} tokens but the model's context holds {ctx}: shorten the prompt"
             )
         return max_new_tokens if ctx is None else min(max_new_tokens, ctx - len(prompt_ids))
+
+
+def _take(tokens: list[int], out: list[int], eos: set[int], max_new_tokens: int) -> bool:
+    """Append ``tokens`` to ``out`` up to ``max_new_tokens``; True when an EOS token ended it
+    (the EOS is kept, as ``generate()`` keeps it)."""
+    for t in tokens:
+        out.append(t)
+        if t in eos:
+            return True
+        if len(out) >= max_new_tokens:
+            break
+    return False
+
+
+def _stop_at(text: str, stop: list[str]) -> int:
+    """Where the earliest stop string begins in ``text``, or -1."""
+    return min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
 
 
 def build_decoder(method: str, target, *, draft=None, options: dict | None = None) -> Decoder:
