@@ -170,6 +170,7 @@ class AdaptiveDraftVerification(Drafter):
         self._last_n = 8
         self._sim_cost = 0.0  # seconds per simulation (running average)
         self._row_cost = 0.0  # seconds of observe() per scored row (running average)
+        self.expected_accepted = 0.0  # sum of the last tree's node probabilities
 
     # ---- the drafter contract -------------------------------------------------------------
     def begin(self, prompt_ids, sampling) -> None:
@@ -202,6 +203,7 @@ class AdaptiveDraftVerification(Drafter):
             del out[n:], parents[n:], buckets[n:]
             self._last_n = n
         self._buckets = buckets
+        self.expected_accepted = sum(probs[: len(buckets)])  # the estimate the tree was sized by
         return DraftTree(out, parents)
 
     def _search(self, a: int, b: int, depth_cap: int, sims: int):

@@ -131,6 +131,7 @@ class TokenRecycling(Drafter):
         self._buckets: list[int] = []  # acceptance bucket of each node of the last proposal
         self._unsaved = 0
         self._row_cost = 0.0  # seconds of observe() work per scored row (running average)
+        self.expected_accepted = 0.0  # sum of the last tree's node probabilities
 
     @property
     def matrix(self) -> torch.Tensor:
@@ -202,6 +203,7 @@ class TokenRecycling(Drafter):
             n = self.policy.choose(probs, draft_cost_per_node=self._row_cost)
             del out_tokens[n:], parents[n:], buckets[n:]
         self._buckets = buckets
+        self.expected_accepted = sum(probs[: len(buckets)])  # the estimate the tree was sized by
         return DraftTree(out_tokens, parents)
 
     def observe(self, outcome: StepOutcome) -> None:
