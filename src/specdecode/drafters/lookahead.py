@@ -22,18 +22,28 @@ iterates) with an attention pattern that is not a tree; here the target scores o
   diagonals: (level ``T-N+2`` at position ``P-N+1``, ..., level ``T`` at ``P-1``, the new
   prediction at ``P``), where each token was the target's prediction right after its
   predecessor. A step costs ``W`` scored tokens, not ``W (N - 1)``.
-- The verification branch: pool n-grams that begin with the root (most recent first), merged
-  with the Jacobi chain into one trie so that siblings are distinct (as deterministic drafts
-  must be) and shared prefixes are scored once. All of it goes in the same forward.
-- The pool (``first token -> continuations``, least recently used dropped beyond a cap per
-  key) also takes the n-grams of the committed text, the prompt's included, and persists across
-  the prompts of a decoder (``reset_pool`` to clear it at each prompt).
+- The verification branch: up to ``G`` pool n-grams that begin with the root, merged with the
+  Jacobi chain into one trie so that siblings are distinct (as deterministic drafts must be)
+  and shared prefixes are scored once. All of it goes in the same forward.
+- Beside the Jacobi n-grams, the verification branch takes guesses from the committed text
+  (the prompt included), as the paper seeds its pool from the prompt: what followed the root's
+  earlier occurrences, up to ``text_len`` tokens, read live from the text so a repeat is seen
+  at once. When a prompt ends they move into the pool (``first token -> continuations``, least
+  recently used dropped beyond a cap per key), which persists across the prompts of a decoder
+  (``reset_pool`` clears it at each prompt). A guess from text keeps the tokens before it;
+  those matching the context before the root come first (then the newest), and have
+  acceptance estimates of their own.
 
-Tree size follows measured cost: every trie node gets an estimated acceptance probability (the
-product along its path of per-branch, per-depth acceptance rates learned from the verdicts), and
-:class:`specdecode.budget.BudgetPolicy` keeps the best ``n`` given the target's latency curve;
-``budget`` fixes a cap instead. The drafts are deterministic (one-hot ``q``), so the core
-verifier keeps sampling lossless; the Jacobi guesses are argmax predictions in either mode.
+Tree size follows measured cost: every trie node gets an estimated acceptance probability, the
+product along its path of per-edge rates kept per branch (Jacobi chain by depth and freshness;
+pool by source, context match, and rank or depth). :class:`specdecode.budget.BudgetPolicy`
+keeps the best ``n`` given the target's latency curve (``budget`` fixes a cap instead), which
+may be none: on a CPU, where any second scored token costs about half a forward more, only
+confident guesses pay. The rates learn from every candidate, scored or not, by checking it
+against the tokens committed afterwards (for a deterministic draft that is the acceptance
+event, or under sampling an unbiased draw of it), so they stay current while nothing is
+drafted. The drafts are deterministic (one-hot ``q``), so the core verifier keeps sampling
+lossless; the Jacobi guesses are argmax predictions in either mode.
 """
 
 from __future__ import annotations
@@ -99,6 +109,13 @@ class NgramPool:
         "window": Option(int, 8, "Jacobi window W: guessed positions", lambda v: v >= 1, ">= 1"),
         "ngram": Option(int, 5, "n-gram size N of the pool", lambda v: v >= 2, ">= 2"),
         "guesses": Option(int, 8, "max pool n-grams G verified per step", lambda v: v >= 0, ">= 0"),
+        "text_len": Option(
+            int,
+            8,
+            "tokens guessed after an earlier occurrence of the root in the text",
+            lambda v: v >= 1,
+            ">= 1",
+        ),
         "budget": Option(
             int, 0, "max draft nodes per step (0: sized by the latency curve)", lambda v: v >= 0, ">= 0"
         ),
@@ -113,11 +130,13 @@ class Lookahead(Drafter):
         window: int = 8,
         ngram: int = 5,
         guesses: int = 8,
+        text_len: int = 8,
         budget: int = 0,
         pool_cap: int = 16,
         reset_pool: bool = False,
     ) -> None:
         self.W, self.N, self.G = window, ngram, guesses
+        self.L = max(text_len, ngram - 1)
         self.budget = budget
         self.reset_pool = reset_pool
         self.policy = budget_policy(ctx.target) if budget == 0 else None
@@ -131,22 +150,26 @@ class Lookahead(Drafter):
         self.levels: deque = deque(maxlen=self.N - 1)  # (start, tokens, fresh) of scored chains
         self.pending: list[tuple] = []  # candidate tries waiting for the tokens that judge them
         self._tokens: list[int] = []  # the engine's token list of the current sequence
-        self._indexed = 0  # committed n-grams starting before this position are in the pool
+        self.occ: dict[int, OrderedDict[int, None]] = {}  # token -> its positions in this text
+        self._indexed = 0  # positions before this one are in occ
         self._last: tuple | None = None  # what the last proposal scored, for observe()
 
     def begin(self, prompt_ids, sampling) -> None:
         self._resolve(self._tokens, final=True)
         if self.reset_pool:
             self.pool.clear()
+        else:  # the last text's n-grams stay in the pool for the prompts to come
+            for positions in self.occ.values():
+                for i in positions:
+                    self._freeze(i)
         self._begin()
 
     # ---- propose --------------------------------------------------------------------------
     def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
         self._tokens = tokens
         self._index_committed(tokens)
-        root = tokens[-1]
-        self._fill(root)
-        depth = min(max_depth, max(self.W, self.N - 1))
+        self._fill(tokens)
+        depth = min(max_depth, max(self.W, self.L))
 
         # One trie: the Jacobi chain first, then the pool's n-grams for the root.
         t_tok: list[int] = []
@@ -198,31 +221,64 @@ class Lookahead(Drafter):
         return tree
 
     def _candidates(self, tokens: list[int]) -> list[tuple[tuple[int, ...], str, int]]:
-        """Up to G pool continuations of the root as ``(tokens, source, context match)``: those
-        whose tokens before the root match the context longest first, then the newest."""
+        """Up to G continuations of the root as ``(tokens, source, context match)``: from the
+        root's earlier occurrences in this text and from the pool, those whose tokens before
+        the root match the context longest first, then the newest (this text's first)."""
+        root = tokens[-1]
         before = tuple(tokens[-1 - LEFT : -1])
-        found = []
-        for rank, (rest, left) in enumerate(self.pool.get(tokens[-1], self.pool.cap)):
-            match = 0
-            if left is not None:
-                while match < min(len(left), len(before)) and left[-1 - match] == before[-1 - match]:
-                    match += 1
-            found.append((-match, rank, rest, "text" if left is not None else "jacobi", match))
+
+        def matched(left) -> int:
+            k = 0
+            while k < min(len(left), len(before)) and left[-1 - k] == before[-1 - k]:
+                k += 1
+            return k
+
+        found, seen = [], set()
+        for i in reversed(self.occ.get(root, ())):
+            rest = tuple(tokens[i + 1 : i + 1 + self.L])
+            if rest not in seen:
+                seen.add(rest)
+                k = matched(tokens[max(0, i - LEFT) : i])
+                found.append((-k, len(found), rest, "text", k))
+        for rest, left in self.pool.get(root, self.pool.cap):
+            if rest not in seen:
+                seen.add(rest)
+                k = 0 if left is None else matched(left)
+                found.append((-k, len(found), rest, "jacobi" if left is None else "text", k))
         found.sort()
-        return [(rest, src, match) for _, _, rest, src, match in found[: self.G]]
+        return [(rest, src, k) for _, _, rest, src, k in found[: self.G]]
 
     def _index_committed(self, tokens: list[int]) -> None:
-        n = self.N
-        for i in range(self._indexed, len(tokens) - n + 1):
-            self.pool.add(tokens[i], tuple(tokens[i + 1 : i + n]), tuple(tokens[max(0, i - LEFT) : i]))
-        self._indexed = max(self._indexed, len(tokens) - n + 1)
+        """Note where each committed token occurs (once its continuation has begun)."""
+        for i in range(self._indexed, len(tokens) - 1):
+            positions = self.occ.get(tokens[i])
+            if positions is None:
+                positions = self.occ[tokens[i]] = OrderedDict()
+            positions[i] = None
+            if len(positions) > self.pool.cap:
+                self._freeze(positions.popitem(last=False)[0])
+        self._indexed = max(self._indexed, len(tokens) - 1)
 
-    def _fill(self, root: int) -> None:
-        """Refill the window's tail: the pool's newest continuation of the last guess, else repeat it."""
+    def _freeze(self, i: int) -> None:
+        """Move the occurrence at position ``i`` of this text into the pool, as an n-gram."""
+        tokens = self._tokens
+        rest = tuple(tokens[i + 1 : i + 1 + self.L])
+        if rest:
+            self.pool.add(tokens[i], rest, tuple(tokens[max(0, i - LEFT) : i]))
+
+    def _fill(self, tokens: list[int]) -> None:
+        """Refill the window's tail: what followed the last guess's newest occurrence (in this
+        text, else in the pool), else the last guess repeated."""
         while len(self.window) < self.W:
-            last = self.window[-1] if self.window else root
-            ext = self.pool.get(last, 1)
-            for t in ext[0][0] if ext else (last,):
+            last = self.window[-1] if self.window else tokens[-1]
+            positions = self.occ.get(last)
+            if positions:
+                i = next(reversed(positions))
+                ext = tokens[i + 1 : i + 1 + self.W - len(self.window)]
+            else:
+                found = self.pool.get(last, 1)
+                ext = found[0][0] if found else (last,)
+            for t in ext or (last,):
                 if len(self.window) == self.W:
                     break
                 self.window.append(t)
