@@ -21,6 +21,10 @@ The nodes found are ranked by that probability and :class:`specdecode.budget.Bud
 decides from the measured latency curve how many are worth scoring. The paper builds its
 tri-gram matrix from a large corpus; here it starts empty and learns from the prompts and the
 model's own outputs only (no corpus file).
+
+Measured (SmolLM2-135M, float32, 2-core AMD EPYC, 2 threads, ``specdecode bench --dataset
+spec-bench --n-per-category 5 --max-new-tokens 128``, greedy): 1.46x hf-ar, 1.94 tokens per
+forward, output identical to ``ar`` on all 30 prompts.
 """
 
 from __future__ import annotations

@@ -18,6 +18,11 @@ The matrix starts empty (no draft from a token never scored); the prompt's own b
 empty rows so the first prompt gets some drafts. It persists across prompts of a decoder and
 can be saved to and loaded from a safetensors file (``matrix_file=PATH``, or ``persist=true``
 for ``cache_dir()/recycling/<model key>.safetensors``).
+
+Measured (SmolLM2-135M, float32, 2-core AMD EPYC, 2 threads, ``specdecode bench --dataset
+spec-bench --n-per-category 5 --max-new-tokens 128``, greedy, matrix starting empty): 1.25x
+hf-ar, 1.73 tokens per forward, output identical to ``ar`` on all 30 prompts. On a CPU the
+policy scores few nodes (about 3 to 8); the matrix pays most once warm (``persist=true``).
 """
 
 from __future__ import annotations
