@@ -15,8 +15,8 @@ iterates) with an attention pattern that is not a tree; here the target scores o
   after node ``g_{j-1}`` (the root for ``j = 1``) are its prediction for position ``j`` given
   ``g_1 .. g_{j-1}``: the verifier reads them as the check of ``g_j`` (the chain is a draft like
   any other), :meth:`observe` as the next Jacobi iterate. After a step commits ``c`` tokens the
-  iterate is shifted by ``c`` and its tail refilled (from the pool, else repeating the last
-  guess).
+  iterate is shifted by ``c`` and its tail refilled (what followed the last guess in the text
+  or the pool, else the last guess repeated).
 - The older levels of the 2D window are not scored again. The drafter keeps the last ``N - 1``
   scored chains with their absolute positions and reads the paper's n-grams off their
   diagonals: (level ``T-N+2`` at position ``P-N+1``, ..., level ``T`` at ``P-1``, the new
