@@ -34,7 +34,7 @@ import time
 
 from specdecode.budget import policy_for
 from specdecode.drafters._acceptance import AcceptanceRates, judged_children, sort_by_probability
-from specdecode.drafters.base import Drafter, StepOutcome
+from specdecode.drafters.base import Candidates, Drafter, StepOutcome
 from specdecode.registry import Option, register
 from specdecode.tree import DraftTree
 
@@ -187,10 +187,12 @@ class AdaptiveDraftVerification(Drafter):
             add(tokens[i - 2], tokens[i - 1], tokens[i])
         self._learned = max(self._learned, len(tokens))
 
-    def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
+    composable = True
+
+    def candidates(self, tokens: list[int], max_depth: int) -> Candidates:
         self._learn(tokens)
         if len(tokens) < 2:
-            return DraftTree.empty()
+            return Candidates([], [], [], [])
         start = time.perf_counter()
         sims = self.max_nodes if self.policy is None else min(self.max_nodes, 2 * self._last_n + 8)
         out, parents, probs, buckets = self._search(
@@ -201,11 +203,19 @@ class AdaptiveDraftVerification(Drafter):
         if sims:
             elapsed = time.perf_counter() - start
             self._sim_cost = 0.9 * self._sim_cost + 0.1 * elapsed / sims
+        # Per scored node: about two simulations of search and the node's share of observe().
+        return Candidates(out, parents, probs, buckets, 2 * self._sim_cost + self._row_cost)
+
+    def chosen(self, n: int) -> None:
+        self._last_n = n
+
+    def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
+        c = self.candidates(tokens, max_depth)
+        out, parents, probs, buckets = c.tokens, c.parents, c.probs, c.tags
         if self.policy is not None:
-            # Per scored node: about two simulations of search and the node's share of observe().
-            n = self.policy.choose(probs, draft_cost_per_node=2 * self._sim_cost + self._row_cost)
+            n = self.policy.choose(probs, draft_cost_per_node=c.cost_per_node)
             del out[n:], parents[n:], buckets[n:]
-            self._last_n = n
+            self.chosen(n)
         self._buckets = buckets
         self.expected_accepted = sum(probs[: len(buckets)])  # the estimate the tree was sized by
         return DraftTree(out, parents)
@@ -282,6 +292,11 @@ class AdaptiveDraftVerification(Drafter):
         return out, parents, probs, bucket[1:]
 
     def observe(self, outcome: StepOutcome) -> None:
+        bk = self._buckets if len(self._buckets) == len(outcome.tree) else None
+        judged = judged_children(outcome.tree, outcome.verdict.path)
+        self.learn(outcome, [(bk[c], ok) for c, ok in judged] if bk else [])
+
+    def learn(self, outcome: StepOutcome, judged) -> None:
         start = time.perf_counter()
         tree, logits, verdict = outcome.tree, outcome.logits, outcome.verdict
         model = self.model
@@ -297,8 +312,7 @@ class AdaptiveDraftVerification(Drafter):
                         p = pars[i]
                         model.add(root if p < 0 else toks[p], t, best[i + 1], self.side_weight)
         # Counts decay every step, drafted or not, so rates that fell too low to draft recover.
-        bk = self._buckets if len(self._buckets) == len(tree) else None
-        self.rates.update([(bk[c], ok) for c, ok in judged_children(tree, verdict.path)] if bk else [])
+        self.rates.update(judged)
         model.tick()
         if len(tree):
             self._row_cost = 0.9 * self._row_cost + 0.1 * (time.perf_counter() - start) / len(tree)

@@ -11,8 +11,8 @@ proposal costs a dictionary look-up, not a scan of the context.
 
 from __future__ import annotations
 
-from specdecode.drafters._acceptance import AcceptanceRates
-from specdecode.drafters.base import Drafter
+from specdecode.drafters._acceptance import AcceptanceRates, judged_children
+from specdecode.drafters.base import Candidates, Drafter
 from specdecode.errors import SpecDecodeError
 from specdecode.registry import Option, register
 from specdecode.tree import DraftTree
@@ -81,25 +81,44 @@ class PromptLookup(Drafter):
             self.rates = {n: AcceptanceRates([0.6] * draft_len, monotone=False) for n in self.index.sizes}
         self._matched = 0
 
+    composable = True
+
     def begin(self, prompt_ids, sampling) -> None:
         self.index.reset()
 
-    def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
+    def candidates(self, tokens: list[int], max_depth: int) -> Candidates:
         self.index.update(tokens)
-        draft, self._matched = self.index.lookup(tokens, min(self.draft_len, max_depth))
+        draft, matched = self.index.lookup(tokens, min(self.draft_len, max_depth))
+        self._matched = matched
+        probs, p = [], 1.0
         if draft and self.policy is not None:
-            probs, p = [], 1.0
-            for r in self.rates[self._matched].rates[: len(draft)]:
+            for r in self.rates[matched].rates[: len(draft)]:
                 p *= r
                 probs.append(p)
+        else:
+            probs = [1.0] * len(draft)
+        tags = [(matched, i) for i in range(len(draft))]
+        return Candidates(draft, list(range(-1, len(draft) - 1)), probs, tags)
+
+    def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
+        c = self.candidates(tokens, max_depth)
+        draft = c.tokens
+        if draft and self.policy is not None:
             # at least one token, so that a poor estimate can still recover
-            draft = draft[: max(1, self.policy.choose(probs))]
+            draft = draft[: max(1, self.policy.choose(c.probs))]
         return DraftTree.chain(draft)
 
     def observe(self, outcome) -> None:
-        if self.policy is None or not len(outcome.tree):
+        if len(outcome.tree):
+            m = self._matched
+            self.learn(outcome, [((m, i), ok) for i, ok in judged_children(outcome.tree, outcome.verdict.path)])
+
+    def learn(self, outcome, judged) -> None:
+        # P(draft token i accepted | token i - 1 accepted), per matched n-gram length
+        if self.policy is None:
             return
-        accepted = outcome.verdict.accepted
-        # the verifier judged drafts 0 .. accepted (the first rejected one included)
-        judged = [(i, i < accepted) for i in range(min(accepted + 1, len(outcome.tree)))]
-        self.rates[self._matched].update(judged)
+        by_match: dict[int, list[tuple[int, bool]]] = {}
+        for (m, i), ok in judged:
+            by_match.setdefault(m, []).append((i, ok))
+        for m, outcomes in by_match.items():
+            self.rates[m].update(outcomes)

@@ -38,7 +38,7 @@ import torch
 
 from specdecode.budget import policy_for
 from specdecode.drafters._acceptance import AcceptanceRates, judged_children
-from specdecode.drafters.base import Drafter, StepOutcome
+from specdecode.drafters.base import Candidates, Drafter, StepOutcome
 from specdecode.errors import SpecDecodeError
 from specdecode.registry import Option, register
 from specdecode.tree import DraftTree
@@ -164,7 +164,9 @@ class TokenRecycling(Drafter):
                     self.seeded[a] = True
                     break
 
-    def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
+    composable = True
+
+    def candidates(self, tokens: list[int], max_depth: int) -> Candidates:
         rows, rates, seeded = self.rows, self.rates.rates, self.seeded
         depth_cap = min(self.max_depth, max_depth)
         k = self.k
@@ -203,15 +205,25 @@ class TokenRecycling(Drafter):
                     cb = k if seeded[token] else 0
                     tie += 1
                     heapq.heappush(heap, (neg_p * rates[cb], tie, node, -neg_p, cb, child, depth + 1))
+        # Each scored node also costs its row's top-k in observe(): measured, per node.
+        return Candidates(out_tokens, parents, probs, buckets, self._row_cost)
+
+    def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
+        c = self.candidates(tokens, max_depth)
+        out_tokens, parents, probs, buckets = c.tokens, c.parents, c.probs, c.tags
         if self.policy is not None:
-            # Each scored node also costs its row's top-k in observe(): measured, per node.
-            n = self.policy.choose(probs, draft_cost_per_node=self._row_cost)
+            n = self.policy.choose(probs, draft_cost_per_node=c.cost_per_node)
             del out_tokens[n:], parents[n:], buckets[n:]
         self._buckets = buckets
         self.expected_accepted = sum(probs[: len(buckets)])  # the estimate the tree was sized by
         return DraftTree(out_tokens, parents)
 
     def observe(self, outcome: StepOutcome) -> None:
+        tree, verdict = outcome.tree, outcome.verdict
+        bk = self._buckets if len(self._buckets) == len(tree) else None
+        self.learn(outcome, [(bk[c], ok) for c, ok in judged_children(tree, verdict.path)] if bk else [])
+
+    def learn(self, outcome: StepOutcome, judged) -> None:
         tree, logits, verdict = outcome.tree, outcome.logits, outcome.verdict
         root = outcome.tokens[-len(verdict.tokens) - 1]
         # Recycle every scored row: M[token of row r] = topk(logits[r]).
@@ -222,8 +234,7 @@ class TokenRecycling(Drafter):
         self.seeded[scored] = False
         self._row_cost = 0.9 * self._row_cost + 0.1 * (time.perf_counter() - start) / len(scored)
         # Counts decay every step, drafted or not, so rates that fell too low to draft recover.
-        bk = self._buckets if len(self._buckets) == len(tree) else None
-        self.rates.update([(bk[c], ok) for c, ok in judged_children(tree, verdict.path)] if bk else [])
+        self.rates.update(judged)
         if self.path is not None:
             self._unsaved += 1
             if self._unsaved >= self.save_every or any(t in self.eos for t in verdict.tokens):

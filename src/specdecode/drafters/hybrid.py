@@ -1,0 +1,114 @@
+"""``hybrid``: several train-free drafters proposing into one tree, sized by measured cost.
+
+Each source drafter (``pld``, ``recycling``, ``aded``) lists its candidate nodes with its own
+estimate of the probability that the target accepts each (:meth:`Drafter.candidates`). The
+candidates are merged into one trie: a path that two sources propose is one node, with the
+larger of their estimates. The merged nodes are ranked by that probability and the shared
+:class:`specdecode.budget.BudgetPolicy` chooses how many to score from the latency curve, so
+the sources compete for the same budget node by node: a long prompt-lookup match wins where
+the text copies the prompt, the tri-gram or recycled rows elsewhere.
+
+Why it pays on a CPU: the forward's cost grows slowly with the number of tokens scored (for
+SmolLM2-135M on 2 cores, scoring 9 tokens costs about 1.35x one token), so a few extra nodes
+from a second source cost little, while a single source often has nothing good to offer.
+After verification each source learns from the nodes it proposed (its acceptance rates) and
+from everything scored (recycled rows, tri-gram statistics).
+"""
+
+from __future__ import annotations
+
+from specdecode.budget import policy_for
+from specdecode.drafters._acceptance import judged_children, sort_by_probability
+from specdecode.drafters.base import Drafter, StepOutcome
+from specdecode.errors import SpecDecodeError
+from specdecode.registry import Option, get_method, register
+from specdecode.tree import DraftTree
+
+COMPOSABLE = ("pld", "recycling", "aded")
+
+
+def parse_sources(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise SpecDecodeError(f"hybrid: sources is empty; give some of {', '.join(COMPOSABLE)}, e.g. sources=pld,aded")
+    for name in names:
+        if name not in COMPOSABLE:
+            raise SpecDecodeError(
+                f"hybrid: {name!r} cannot be a source; the sources that can be combined are {', '.join(COMPOSABLE)}"
+            )
+    if len(set(names)) != len(names):
+        raise SpecDecodeError(f"hybrid: a source is named twice in {text!r}")
+    return names
+
+
+@register(
+    "hybrid",
+    "train-free drafters (default pld + aded) merged into one tree, sized by the latency curve",
+    options={
+        "sources": Option(str, "pld,aded", "comma-separated drafters to combine: pld, recycling, aded"),
+        "budget": Option(
+            int, 0, "draft nodes per step (0: chosen each step from the latency curve)", lambda v: v >= 0, ">= 0"
+        ),
+        "max_nodes": Option(int, 64, "most draft nodes per step when chosen automatically", lambda v: v >= 1, ">= 1"),
+    },
+)
+class Hybrid(Drafter):
+    def __init__(self, ctx, sources: str = "pld,aded", budget: int = 0, max_nodes: int = 64) -> None:
+        self.names = parse_sources(sources)
+        self.sources: list[Drafter] = []
+        for name in self.names:
+            spec = get_method(name)
+            self.sources.append(spec.factory(ctx, **spec.parse_options({})))
+        self.budget = budget
+        self.policy = None if budget else policy_for(ctx.target, max_nodes=max_nodes)
+        self._owners: list[list[tuple[int, object]]] = []  # per node of the last tree: (source, tag)
+        self.expected_accepted = 0.0
+
+    def begin(self, prompt_ids, sampling) -> None:
+        for source in self.sources:
+            source.begin(prompt_ids, sampling)
+
+    def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
+        out: list[int] = []
+        parents: list[int] = []
+        probs: list[float] = []
+        owners: list[list[tuple[int, object]]] = []
+        index: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
+        cost = 0.0
+        for s, source in enumerate(self.sources):
+            c = source.candidates(tokens, max_depth)
+            cost = max(cost, c.cost_per_node)
+            local: list[int] = []  # the source's node i is merged node local[i]
+            for token, parent, p, tag in zip(c.tokens, c.parents, c.probs, c.tags, strict=True):
+                key = (-1 if parent < 0 else local[parent], token)
+                node = index.get(key)
+                if node is None:
+                    node = index[key] = len(out)
+                    out.append(token)
+                    parents.append(key[0])
+                    probs.append(p)
+                    owners.append([])
+                elif p > probs[node]:
+                    probs[node] = p
+                owners[node].append((s, tag))
+                local.append(node)
+        # A child's estimate never exceeds its parent's in any source, so none exceeds the
+        # merged parent's (the maximum): the sorted order is still topological.
+        out, parents, probs, order = sort_by_probability(out, parents, probs)
+        owners = [owners[i] for i in order]
+        n = self.budget if self.policy is None else self.policy.choose(probs, draft_cost_per_node=cost)
+        del out[n:], parents[n:], owners[n:]
+        for s, source in enumerate(self.sources):
+            source.chosen(sum(1 for o in owners if any(src == s for src, _ in o)))
+        self._owners = owners
+        self.expected_accepted = sum(probs[:n])
+        return DraftTree(out, parents)
+
+    def observe(self, outcome: StepOutcome) -> None:
+        judged: list[list[tuple[object, bool]]] = [[] for _ in self.sources]
+        if len(self._owners) == len(outcome.tree):
+            for node, ok in judged_children(outcome.tree, outcome.verdict.path):
+                for s, tag in self._owners[node]:
+                    judged[s].append((tag, ok))
+        for source, mine in zip(self.sources, judged, strict=True):
+            source.learn(outcome, mine)
