@@ -120,3 +120,11 @@ def test_load_prompts_from_file(tmp_path):
     path = write(tmp_path, [json.dumps({"prompt": f"p{i}", "category": "ab"[i % 2]}) for i in range(6)])
     ps = load_prompts(prompts_file=path, n_per_category=2)
     assert [p.text for p in ps] == ["p0", "p2", "p1", "p3"]
+
+
+def test_round_robin_takes_turns_over_categories():
+    from specdecode.bench.datasets import Prompt, round_robin
+
+    ps = [Prompt(f"{c}{i}", c, "x") for c, n in (("a", 3), ("b", 1), ("c", 2)) for i in range(n)]
+    assert [p.id for p in round_robin(ps)] == ["a0", "b0", "c0", "a1", "c1", "a2"]
+    assert round_robin([]) == []

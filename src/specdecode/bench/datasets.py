@@ -161,6 +161,18 @@ def select(
     return chosen
 
 
+def round_robin(prompts: list[Prompt]) -> list[Prompt]:
+    """The prompts reordered by turns over the categories (the first of each category in order
+    of first appearance, then the second, ...); each category keeps its own order."""
+    by_cat: dict[str, list[Prompt]] = {}
+    for p in prompts:
+        by_cat.setdefault(p.category, []).append(p)
+    out: list[Prompt] = []
+    for i in range(max((len(v) for v in by_cat.values()), default=0)):
+        out.extend(v[i] for v in by_cat.values() if i < len(v))
+    return out
+
+
 def load_prompts(
     *,
     dataset: str | None = None,

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from specdecode.bench.baselines import BASELINES, RunOutput, build_baseline, is_baseline
-from specdecode.bench.datasets import Prompt, load_prompts
+from specdecode.bench.datasets import Prompt, load_prompts, round_robin
 from specdecode.bench.metrics import PromptRecord, first_difference, strip_at_eos, summarize
 from specdecode.errors import SpecDecodeError
 
@@ -465,7 +465,9 @@ def run_bench(
         draft = load_model(config.draft, device=str(target.device), dtype=config.dtype)
     device = torch.device(target.device)
 
-    encoded = [(p, target.encode_prompt(p.text, raw=config.raw)) for p in prompts]
+    # Timed round-robin over the categories (the first prompt of each, then the second, ...):
+    # the machine's drift hits every category alike, and an interrupted run stays balanced.
+    encoded = [(p, target.encode_prompt(p.text, raw=config.raw)) for p in round_robin(prompts)]
     check_prompt_lengths(encoded, config.max_new_tokens, target.max_context)
     runners = {m: build_runner(m, target, draft=draft, options=options[m]) for m in methods}
 

@@ -43,9 +43,9 @@ def parse_sources(text: str) -> list[str]:
 
 @register(
     "hybrid",
-    "train-free drafters (default pld + aded) merged into one tree, sized by the latency curve",
+    "train-free drafters (pld + aded + recycling) merged into one tree, sized by the latency curve",
     options={
-        "sources": Option(str, "pld,aded", "comma-separated drafters to combine: pld, recycling, aded"),
+        "sources": Option(str, "pld,aded,recycling", "comma-separated drafters to combine: pld, recycling, aded"),
         "budget": Option(
             int, 0, "draft nodes per step (0: chosen each step from the latency curve)", lambda v: v >= 0, ">= 0"
         ),
@@ -53,7 +53,7 @@ def parse_sources(text: str) -> list[str]:
     },
 )
 class Hybrid(Drafter):
-    def __init__(self, ctx, sources: str = "pld,aded", budget: int = 0, max_nodes: int = 64) -> None:
+    def __init__(self, ctx, sources: str = "pld,aded,recycling", budget: int = 0, max_nodes: int = 64) -> None:
         self.names = parse_sources(sources)
         self.sources: list[Drafter] = []
         for name in self.names:
