@@ -113,6 +113,11 @@ def test_bench_cli_end_to_end(tiny_target, prompts_file, tmp_path, capsys, monke
 
     md = (tmp_path / "r.md").read_text()
     assert "| method | tokens/s |" in md and "| pld |" in md
+    # the step-time split: for the project's methods only
+    assert "Where a step's time goes" in md
+    assert set(data["summary"]["pld"]["step_ms"]) == {"draft", "forward", "verify", "learn"}
+    assert data["summary"]["pld"]["step_ms"]["forward"] > 0
+    assert data["summary"]["hf-ar"]["step_ms"] is None
     for name in ("r-speedup.png", "r-accept.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "r-latency.png").exists()  # no calibration cached

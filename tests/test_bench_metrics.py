@@ -258,3 +258,14 @@ def test_plots_written(tmp_path):
     assert names == ["r-accept.png", "r-latency.png", "r-speedup.png"]
     for f in files:
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_step_ms_is_the_mean_per_step_phase_time():
+    from specdecode.bench.metrics import PromptRecord, step_ms
+
+    a = PromptRecord("p1", "c", "pld", 5, 10, 1.0, steps=4, phase_seconds={"draft": 0.004, "forward": 0.4})
+    b = PromptRecord("p2", "c", "pld", 5, 10, 1.0, steps=2, phase_seconds={"draft": 0.004, "forward": 0.1})
+    got = step_ms([a, b])
+    assert got["draft"] == pytest.approx((1.0 + 2.0) / 2)
+    assert got["forward"] == pytest.approx((100.0 + 50.0) / 2)
+    assert step_ms([PromptRecord("p3", "c", "hf-ar", 5, 10, 1.0)]) is None

@@ -152,3 +152,11 @@ def test_method_options_are_checked(lm, opts, message):
 def test_unknown_method(lm):
     with pytest.raises(SpecDecodeError, match="unknown method 'nope'; known methods: .*ar, "):
         build_decoder("nope", lm)
+
+
+def test_phase_seconds_split_the_steps(lm):
+    r = build_decoder("pld", lm).generate_ids([3, 5, 7, 3, 5, 7, 3, 5], max_new_tokens=24)
+    assert set(r.phase_seconds) == {"draft", "forward", "verify", "learn"}
+    assert all(v >= 0 for v in r.phase_seconds.values())
+    assert r.phase_seconds["forward"] > 0
+    assert sum(r.phase_seconds.values()) <= r.seconds

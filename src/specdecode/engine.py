@@ -29,6 +29,13 @@ class Step:
     tokens: list[int]
     drafted: int  # draft nodes scored
     accepted: int  # draft tokens accepted (the bonus token not counted)
+    # Seconds spent in each phase of the step: drafting, the target forward, verifying and
+    # committing, the drafter learning from the outcome (on CUDA the forward's kernels finish
+    # inside verification, which reads their result: there the split is approximate).
+    phases: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+
+
+PHASES = ("draft", "forward", "verify", "learn")
 
 
 @dataclass
@@ -54,6 +61,8 @@ class GenerationResult:
     drafted: int = 0  # draft nodes scored in all
     finish_reason: str = "length"
     prompt_tokens: int = 0
+    # Seconds per phase summed over the steps after the prefill (see :attr:`Step.phases`).
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -83,16 +92,21 @@ class Decoder:
         yield Step([token], 0, 0)
         produced = 1
         max_context = self.loaded.max_context or 1 << 30
+        clock = time.perf_counter
         while produced < limit:
             room = min(limit - produced - 1, max_context - len(tokens) - 1)
+            t0 = clock()
             tree = drafter.propose(tokens, room) if room >= 1 else DraftTree.empty()
+            t1 = clock()
             logits = target.score(tokens[-1], tree)  # [n + 1, vocab]
+            t2 = clock()
             verdict = verify(tree, logits, sampling, gen)
             target.commit(verdict.path)
             tokens.extend(verdict.tokens)
+            t3 = clock()
             drafter.observe(StepOutcome(tree, logits, verdict, tokens))
             produced += len(verdict.tokens)
-            yield Step(verdict.tokens, len(tree), verdict.accepted)
+            yield Step(verdict.tokens, len(tree), verdict.accepted, (t1 - t0, t2 - t1, t3 - t2, clock() - t3))
 
     # ---- layer 2: stream of responses -----------------------------------------------------
     def stream(
@@ -182,6 +196,7 @@ class Decoder:
             drafted=sum(s.drafted for s in stats),
             finish_reason=finish,
             prompt_tokens=len(prompt_ids),
+            phase_seconds={k: sum(s.phases[j] for s in stats[1:]) for j, k in enumerate(PHASES)},
         )
 
     def _check(self, prompt_ids: list[int], max_new_tokens: int) -> int:

@@ -31,6 +31,7 @@ class RunOutput:
     token_ids: list[int]  # new tokens only; EOS included when generation stopped on it
     accepted_lengths: list[int] | None  # per target forward after the prefill; None if unknown
     finish_reason: str | None = None
+    phase_seconds: dict[str, float] | None = None  # engine methods: seconds per step phase
 
 
 def committed_per_forward(cache_lengths: list[int], prompt_len: int, total_len: int) -> list[int]:

@@ -161,13 +161,13 @@ def select(
     return chosen
 
 
-def round_robin(prompts: list[Prompt]) -> list[Prompt]:
+def round_robin(prompts: list, category=lambda p: p.category) -> list:
     """The prompts reordered by turns over the categories (the first of each category in order
     of first appearance, then the second, ...); each category keeps its own order."""
-    by_cat: dict[str, list[Prompt]] = {}
+    by_cat: dict[str, list] = {}
     for p in prompts:
-        by_cat.setdefault(p.category, []).append(p)
-    out: list[Prompt] = []
+        by_cat.setdefault(category(p), []).append(p)
+    out: list = []
     for i in range(max((len(v) for v in by_cat.values()), default=0)):
         out.extend(v[i] for v in by_cat.values() if i < len(v))
     return out

@@ -49,6 +49,8 @@ class PromptRecord:
     first_difference: int | None = None
     near_tie: bool | None = None
     tie_gap: float | None = None
+    # Engine methods: seconds per step phase (draft, forward, verify, learn) over the run.
+    phase_seconds: dict[str, float] | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -193,7 +195,21 @@ def summarize_method(records: Sequence[PromptRecord], baseline: Sequence[PromptR
         "accept_histogram": {str(k): v for k, v in acceptance_histogram(records).items()},
         "new_tokens_mean": _mean([r.new_tokens for r in records]),
         "seconds_total": sum(r.seconds for r in records),
+        "step_ms": step_ms(records),
     }
+
+
+def step_ms(records: Sequence[PromptRecord]) -> dict[str, float] | None:
+    """Milliseconds per decoding step in each phase (draft, forward, verify, learn): the mean
+    over prompts of each prompt's phase time divided by its steps. None for methods that do
+    not report phases (the transformers baselines)."""
+    per: dict[str, list[float]] = {}
+    for r in records:
+        if not r.phase_seconds or not r.steps:
+            continue
+        for k, v in r.phase_seconds.items():
+            per.setdefault(k, []).append(1000.0 * v / r.steps)
+    return {k: _mean(v) for k, v in per.items()} if per else None
 
 
 def summarize(

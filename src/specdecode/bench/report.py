@@ -78,6 +78,24 @@ def markdown_report(result: dict) -> str:
         )
     out.append("")
 
+    phased = {m: s["step_ms"] for m, s in summary.items() if s.get("step_ms")}
+    if phased:
+        out += [
+            "## Where a step's time goes",
+            "",
+            "Milliseconds per decoding step (mean over prompts), the project's methods only:",
+            "drafting, the target's forward, verification and commit, the drafter's learning.",
+            "",
+            "| method | draft | forward | verify | learn | total | tokens per step |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for m, ph in phased.items():
+            parts = [ph.get(k) for k in ("draft", "forward", "verify", "learn")]
+            total = sum(x for x in parts if x is not None)
+            cells = " | ".join(_fmt(x, ".1f") for x in parts)
+            out.append(f"| {m} | {cells} | {total:.1f} | {_fmt(summary[m].get('mean_accepted'), '.2f')} |")
+        out.append("")
+
     methods = list(summary)
     if categories and methods:
         out += [

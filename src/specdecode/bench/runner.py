@@ -213,7 +213,7 @@ class EngineRunner:
 
     def generate_ids(self, prompt_ids: list[int], *, max_new_tokens: int, sampling) -> RunOutput:
         r = self.decoder.generate_ids(prompt_ids, max_new_tokens=max_new_tokens, sampling=sampling)
-        return RunOutput(list(r.token_ids), list(r.accepted_lengths), r.finish_reason)
+        return RunOutput(list(r.token_ids), list(r.accepted_lengths), r.finish_reason, dict(r.phase_seconds))
 
 
 def build_runner(name: str, target, *, draft=None, options: dict | None = None):
@@ -465,9 +465,7 @@ def run_bench(
         draft = load_model(config.draft, device=str(target.device), dtype=config.dtype)
     device = torch.device(target.device)
 
-    # Timed round-robin over the categories (the first prompt of each, then the second, ...):
-    # the machine's drift hits every category alike, and an interrupted run stays balanced.
-    encoded = [(p, target.encode_prompt(p.text, raw=config.raw)) for p in round_robin(prompts)]
+    encoded = [(p, target.encode_prompt(p.text, raw=config.raw)) for p in prompts]
     check_prompt_lengths(encoded, config.max_new_tokens, target.max_context)
     runners = {m: build_runner(m, target, draft=draft, options=options[m]) for m in methods}
 
@@ -580,12 +578,16 @@ def run_bench(
 
         # ---- the measured runs
         bar = tqdm(total=len(encoded) * len(methods), desc="bench", unit="run", disable=not config.progress)
-        for i, (prompt, ids) in enumerate(encoded):
+        # Timed round-robin over the categories (the first prompt of each, then the second, ...):
+        # the machine's drift hits every category alike, and an interrupted run stays balanced.
+        order = round_robin(list(range(len(encoded))), category=lambda j: encoded[j][0].category)
+        for turn, i in enumerate(order):
+            prompt, ids = encoded[i]
             sampling = SamplingConfig(
                 config.temperature, config.top_k, config.top_p, None if greedy else config.seed + i
             )
             done: dict[str, PromptRecord] = {}
-            for m in rotation(methods, i):
+            for m in rotation(methods, turn):
                 bar.set_postfix_str(f"{prompt.id} {m}")
                 out, seconds, peak = timed_run(
                     runners[m],
@@ -607,6 +609,7 @@ def run_bench(
                     accepted_lengths=out.accepted_lengths,
                     peak_memory_mb=peak,
                     finish_reason=out.finish_reason,
+                    phase_seconds=out.phase_seconds,
                 )
                 bar.update()
             if reference is not None:
