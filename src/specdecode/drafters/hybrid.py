@@ -21,20 +21,24 @@ from specdecode.budget import policy_for
 from specdecode.drafters._acceptance import judged_children, sort_by_probability
 from specdecode.drafters.base import Drafter, StepOutcome
 from specdecode.errors import SpecDecodeError
-from specdecode.registry import Option, get_method, register
+from specdecode.registry import Option, get_method, list_methods, register
 from specdecode.tree import DraftTree
 
-COMPOSABLE = ("pld", "recycling", "aded")
+
+def composable_methods() -> list[str]:
+    """Registered methods whose drafters can be combined (they implement ``candidates``)."""
+    return [m.name for m in list_methods() if getattr(m.factory, "composable", False)]
 
 
 def parse_sources(text: str) -> list[str]:
     names = [s.strip() for s in text.split(",") if s.strip()]
+    known = ", ".join(composable_methods())
     if not names:
-        raise SpecDecodeError(f"hybrid: sources is empty; give some of {', '.join(COMPOSABLE)}, e.g. sources=pld,aded")
+        raise SpecDecodeError(f"hybrid: sources is empty; give some of {known}, e.g. sources=pld,aded")
     for name in names:
-        if name not in COMPOSABLE:
+        if name not in composable_methods():
             raise SpecDecodeError(
-                f"hybrid: {name!r} cannot be a source; the sources that can be combined are {', '.join(COMPOSABLE)}"
+                f"hybrid: {name!r} cannot be a source; the sources that can be combined are {known}"
             )
     if len(set(names)) != len(names):
         raise SpecDecodeError(f"hybrid: a source is named twice in {text!r}")
@@ -45,15 +49,25 @@ def parse_sources(text: str) -> list[str]:
     "hybrid",
     "train-free drafters (pld + aded + recycling) merged into one tree, sized by the latency curve",
     options={
-        "sources": Option(str, "pld,aded,recycling", "comma-separated drafters to combine: pld, recycling, aded"),
-        "budget": Option(
-            int, 0, "draft nodes per step (0: chosen each step from the latency curve)", lambda v: v >= 0, ">= 0"
+        "sources": Option(
+            str, "pld,aded,recycling", "comma-separated drafters to combine: pld, recycling, aded"
         ),
-        "max_nodes": Option(int, 64, "most draft nodes per step when chosen automatically", lambda v: v >= 1, ">= 1"),
+        "budget": Option(
+            int,
+            0,
+            "draft nodes per step (0: chosen each step from the latency curve)",
+            lambda v: v >= 0,
+            ">= 0",
+        ),
+        "max_nodes": Option(
+            int, 64, "most draft nodes per step when chosen automatically", lambda v: v >= 1, ">= 1"
+        ),
     },
 )
 class Hybrid(Drafter):
-    def __init__(self, ctx, sources: str = "pld,aded,recycling", budget: int = 0, max_nodes: int = 64) -> None:
+    def __init__(
+        self, ctx, sources: str = "pld,aded,recycling", budget: int = 0, max_nodes: int = 64
+    ) -> None:
         self.names = parse_sources(sources)
         self.sources: list[Drafter] = []
         for name in self.names:

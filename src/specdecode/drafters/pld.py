@@ -111,7 +111,9 @@ class PromptLookup(Drafter):
     def observe(self, outcome) -> None:
         if len(outcome.tree):
             m = self._matched
-            self.learn(outcome, [((m, i), ok) for i, ok in judged_children(outcome.tree, outcome.verdict.path)])
+            self.learn(
+                outcome, [((m, i), ok) for i, ok in judged_children(outcome.tree, outcome.verdict.path)]
+            )
 
     def learn(self, outcome, judged) -> None:
         # P(draft token i accepted | token i - 1 accepted), per matched n-gram length
