@@ -71,3 +71,49 @@ def test_policy_for_uses_a_cached_curve_only(tiny_llama, tmp_path, monkeypatch):
     policy = policy_for(tiny_llama)
     assert not policy.is_fallback
     assert policy.choose(PROBS) >= 48
+
+
+def test_forward_costs_learn_how_the_cost_grows_with_context():
+    from specdecode.budget import ForwardCosts
+
+    curve = make_curve([1, 64], [0.05, 0.05])  # calibrated flat
+    costs = ForwardCosts(curve, decay=0.99, refit=4)
+
+    def truth(n, context):  # each scored token costs 2 ms more per 1024 tokens of context
+        return 0.05 + 0.002 * (n - 1) * context / 1024
+
+    assert costs.t(9) == pytest.approx(0.05)  # no evidence yet: the curve
+    for i in range(200):
+        n, context = 1 + (i * 7) % 16, 256 + (i * 37) % 1800
+        costs.record(n, context, truth(n, context))
+    costs.record(9, 2048, truth(9, 2048))
+    costs.record(1, 2048, truth(1, 2048))  # the 202nd record: a refit at context 2048
+    for _ in range(2):
+        costs.record(9, 2048, truth(9, 2048))
+    assert costs.t(9) == pytest.approx(truth(9, 2048), rel=0.05)
+    assert costs.t(1) == pytest.approx(truth(1, 2048), rel=0.05)
+    # A policy reading these costs takes a smaller tree than the flat curve alone suggests.
+    adapted = BudgetPolicy(curve, overhead_s=0.0, costs=costs).choose(PROBS)
+    plain = BudgetPolicy(curve, overhead_s=0.0).choose(PROBS)
+    assert adapted < plain
+    # Nonsense records are ignored.
+    before = costs.records
+    costs.record(0, 100, 0.1)
+    costs.record(4, 100, 0.0)
+    assert costs.records == before
+
+
+def test_the_engine_feeds_forward_timings_to_the_policies():
+    from specdecode.budget import forward_costs
+    from specdecode.engine import build_decoder
+    from specdecode.models.testing import tiny_model_for_tests
+
+    lm = tiny_model_for_tests(vocab_size=64, seed=3)
+    build_decoder("pld", lm).generate_ids([3, 5, 7, 3, 5], max_new_tokens=8)
+    assert forward_costs(lm) is None  # opt-in: nothing asked for the correction yet
+    assert build_decoder("pld", lm).drafter.policy.costs is None
+    decoder = build_decoder("hybrid", lm, options={"adapt_cost": True})
+    decoder.generate_ids([3, 5, 7, 3, 5, 7, 3, 5], max_new_tokens=24)
+    costs = forward_costs(lm)
+    assert costs is not None and costs.records > 0
+    assert decoder.drafter.policy.costs is costs

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from specdecode.budget import forward_costs
 from specdecode.drafters.base import Drafter, MethodContext, StepOutcome
 from specdecode.errors import SpecDecodeError
 from specdecode.registry import get_method
@@ -93,13 +94,20 @@ class Decoder:
         produced = 1
         max_context = self.loaded.max_context or 1 << 30
         clock = time.perf_counter
+        # Forward timings correct the cost curve that sizes the drafts (when a drafter uses one).
+        costs = forward_costs(self.loaded)
+        cuda = torch.device(self.loaded.device).type == "cuda"
         while produced < limit:
             room = min(limit - produced - 1, max_context - len(tokens) - 1)
             t0 = clock()
             tree = drafter.propose(tokens, room) if room >= 1 else DraftTree.empty()
             t1 = clock()
             logits = target.score(tokens[-1], tree)  # [n + 1, vocab]
+            if cuda:
+                torch.cuda.synchronize(self.loaded.device)  # verify would wait for it anyway
             t2 = clock()
+            if costs is not None:
+                costs.record(len(tree) + 1, len(tokens) - 1, t2 - t1)
             verdict = verify(tree, logits, sampling, gen)
             target.commit(verdict.path)
             tokens.extend(verdict.tokens)

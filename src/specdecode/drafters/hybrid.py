@@ -59,6 +59,9 @@ def parse_sources(text: str) -> list[str]:
             lambda v: v >= 0,
             ">= 0",
         ),
+        "adapt_cost": Option(
+            bool, False, "correct the calibrated latency curve online from the forwards timed while decoding"
+        ),
         "max_nodes": Option(
             int, 64, "most draft nodes per step when chosen automatically", lambda v: v >= 1, ">= 1"
         ),
@@ -66,7 +69,12 @@ def parse_sources(text: str) -> list[str]:
 )
 class Hybrid(Drafter):
     def __init__(
-        self, ctx, sources: str = "pld,aded,recycling", budget: int = 0, max_nodes: int = 64
+        self,
+        ctx,
+        sources: str = "pld,aded,recycling",
+        budget: int = 0,
+        adapt_cost: bool = False,
+        max_nodes: int = 64,
     ) -> None:
         self.names = parse_sources(sources)
         self.sources: list[Drafter] = []
@@ -74,7 +82,7 @@ class Hybrid(Drafter):
             spec = get_method(name)
             self.sources.append(spec.factory(ctx, **spec.parse_options({})))
         self.budget = budget
-        self.policy = None if budget else policy_for(ctx.target, max_nodes=max_nodes)
+        self.policy = None if budget else policy_for(ctx.target, max_nodes=max_nodes, adapt=adapt_cost)
         self._owners: list[list[tuple[int, object]]] = []  # per node of the last tree: (source, tag)
         self.expected_accepted = 0.0
 
