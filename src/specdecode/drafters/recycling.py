@@ -20,8 +20,9 @@ can be saved to and loaded from a safetensors file (``matrix_file=PATH``, or ``p
 for ``cache_dir()/recycling/<model key>.safetensors``).
 
 Measured (SmolLM2-135M, float32, 2-core AMD EPYC, 2 threads, ``specdecode bench --dataset
-spec-bench --n-per-category 5 --max-new-tokens 128``, greedy, matrix starting empty): 1.25x
-hf-ar, 1.73 tokens per forward, output identical to ``ar`` on all 30 prompts. On a CPU the
+spec-bench --n-per-category 10 --max-new-tokens 256``, greedy, matrix starting empty;
+benchmarks/cpu-2core-smollm2-135m): 1.28x hf-ar, 1.96 tokens per forward, output identical to
+``ar`` on all 60 prompts. On a CPU the
 policy scores few nodes (about 3 to 8); the matrix pays most once warm (``persist=true``).
 """
 
