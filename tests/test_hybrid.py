@@ -3,46 +3,14 @@ each source learning from its own nodes."""
 
 import pytest
 
+from drafting import PROMPTS, check_greedy_equals_ar, spy
 from lossless import chi_square_pvalue, exact_joint, sample_joint
 from specdecode.engine import build_decoder
 from specdecode.errors import SpecDecodeError
 from specdecode.models.testing import tiny_model_for_tests
 from specdecode.sampling import SamplingConfig
 
-PROMPTS = [
-    [3, 5, 7, 3, 5, 7, 3, 5, 7, 3, 5],
-    [10, 11, 12, 13, 14, 15, 10, 11, 12],
-    [40, 2, 9],
-]
-
-
-@pytest.fixture(autouse=True)
-def private_cache(request, tmp_path_factory, monkeypatch):
-    """Tiny-model tests see no cached latency curve and write nothing to the user's cache."""
-    if request.node.get_closest_marker("real_model") is None:
-        monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path_factory.mktemp("cache")))
-
-
-@pytest.fixture(scope="module")
-def peaky():
-    return tiny_model_for_tests(vocab_size=64, seed=3, initializer_range=0.3)
-
-
-def spy(decoder):
-    trees = []
-    propose = decoder.drafter.propose
-
-    def wrapped(tokens, max_depth):
-        tree = propose(tokens, max_depth)
-        trees.append(tree)
-        assert len(tree) == 0 or max(tree.depths()) <= max_depth
-        for node in range(-1, len(tree)):  # merged: no two siblings hold the same token
-            kids = [tree.tokens[c] for c in tree.children(node)]
-            assert len(kids) == len(set(kids))
-        return tree
-
-    decoder.drafter.propose = wrapped
-    return trees
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.mark.parametrize(
@@ -50,19 +18,7 @@ def spy(decoder):
     [{}, {"sources": "pld,recycling"}, {"sources": "aded,recycling", "budget": 8}, {"budget": 3}],
 )
 def test_greedy_equals_ar(peaky, options):
-    ar = build_decoder("ar", peaky)
-    hybrid = build_decoder("hybrid", peaky, options=options)
-    trees = spy(hybrid)
-    accepted = []
-    for prompt in PROMPTS:
-        want = ar.generate_ids(prompt, max_new_tokens=48).token_ids
-        got = hybrid.generate_ids(prompt, max_new_tokens=48)
-        assert got.token_ids == want
-        accepted.append(got.mean_accepted)
-    assert max(accepted) > 1.05
-    assert any(len(t) and not t.is_chain for t in trees)
-    if options.get("budget"):
-        assert max(len(t) for t in trees) == options["budget"]
+    check_greedy_equals_ar(peaky, "hybrid", options)
 
 
 def test_a_path_proposed_by_two_sources_is_one_node(peaky):
