@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from specdecode.cost import LatencyCurve, read_cached
+from specdecode.registry import Option
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +188,17 @@ class BudgetPolicy:
         self._refresh()
         n = min(n, len(probs_desc), self.max_nodes)
         return (1.0 + sum(probs_desc[:n])) / (self.step_s[n] + n * draft_cost_per_node)
+
+
+# The options of every tree drafter sized by the policy (``**BUDGET_OPTIONS`` in its registration).
+BUDGET_OPTIONS = {
+    "budget": Option(
+        int, 0, "draft nodes per step (0: chosen each step from the latency curve)", lambda v: v >= 0, ">= 0"
+    ),
+    "max_nodes": Option(
+        int, 64, "most draft nodes per step when chosen automatically", lambda v: v >= 1, ">= 1"
+    ),
+}
 
 
 def policy_for(

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import time
 
-from specdecode.budget import policy_for
+from specdecode.budget import BUDGET_OPTIONS, policy_for
 from specdecode.drafters._acceptance import AcceptanceRates, judged_children, sort_by_probability
 from specdecode.drafters.base import Candidates, Drafter, StepOutcome
 from specdecode.registry import Option, register
@@ -121,16 +121,7 @@ def _bucket(p: float, seen: bool) -> int:
     "aded",
     "ADED: adaptive tri-gram statistics of the target's outputs, drafts by Monte Carlo tree search",
     options={
-        "budget": Option(
-            int,
-            0,
-            "draft nodes per step (0: chosen each step from the latency curve)",
-            lambda v: v >= 0,
-            ">= 0",
-        ),
-        "max_nodes": Option(
-            int, 64, "most draft nodes per step when chosen automatically", lambda v: v >= 1, ">= 1"
-        ),
+        **BUDGET_OPTIONS,
         "max_depth": Option(int, 10, "deepest draft node", lambda v: v >= 1, ">= 1"),
         "top": Option(int, 8, "candidate next tokens per context", lambda v: v >= 1, ">= 1"),
         "keep": Option(int, 16, "entries kept per tri-gram context", lambda v: v >= 1, ">= 1"),

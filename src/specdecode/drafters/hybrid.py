@@ -24,7 +24,7 @@ verifying and learning), which the extra accepted tokens more than pay for.
 
 from __future__ import annotations
 
-from specdecode.budget import policy_for
+from specdecode.budget import BUDGET_OPTIONS, policy_for
 from specdecode.drafters._acceptance import judged_children, sort_by_probability
 from specdecode.drafters.base import Drafter, StepOutcome
 from specdecode.errors import SpecDecodeError
@@ -59,18 +59,9 @@ def parse_sources(text: str) -> list[str]:
         "sources": Option(
             str, "pld,aded,recycling", "comma-separated drafters to combine: pld, recycling, aded"
         ),
-        "budget": Option(
-            int,
-            0,
-            "draft nodes per step (0: chosen each step from the latency curve)",
-            lambda v: v >= 0,
-            ">= 0",
-        ),
+        **BUDGET_OPTIONS,
         "adapt_cost": Option(
             bool, False, "correct the calibrated latency curve online from the forwards timed while decoding"
-        ),
-        "max_nodes": Option(
-            int, 64, "most draft nodes per step when chosen automatically", lambda v: v >= 1, ">= 1"
         ),
     },
 )

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from specdecode.budget import policy_for
+from specdecode.budget import BUDGET_OPTIONS, policy_for
 from specdecode.drafters._acceptance import AcceptanceRates, judged_children
 from specdecode.drafters.base import Candidates, Drafter, StepOutcome
 from specdecode.errors import SpecDecodeError
@@ -76,16 +76,7 @@ def default_matrix_path(model_key: str) -> Path:
     "Token Recycling: a [vocab, k] matrix of the target's top-k next tokens, from every scored node",
     options={
         "k": Option(int, 8, "next tokens kept per token (the matrix's width)", lambda v: v >= 1, ">= 1"),
-        "budget": Option(
-            int,
-            0,
-            "draft nodes per step (0: chosen each step from the latency curve)",
-            lambda v: v >= 0,
-            ">= 0",
-        ),
-        "max_nodes": Option(
-            int, 64, "most draft nodes per step when chosen automatically", lambda v: v >= 1, ">= 1"
-        ),
+        **BUDGET_OPTIONS,
         "max_depth": Option(int, 16, "deepest draft node", lambda v: v >= 1, ">= 1"),
         "matrix_file": Option(str, "", "safetensors file to load the matrix from and save it to"),
         "persist": Option(bool, False, "load and save the matrix in the cache folder, one file per model"),
