@@ -31,8 +31,8 @@ class Step:
     drafted: int  # draft nodes scored
     accepted: int  # draft tokens accepted (the bonus token not counted)
     # Seconds spent in each phase of the step: drafting, the target forward, verifying and
-    # committing, the drafter learning from the outcome (on CUDA the forward's kernels finish
-    # inside verification, which reads their result: there the split is approximate).
+    # committing, the drafter learning from the outcome (on CUDA the loop synchronizes after
+    # the forward, so its kernels count as forward time).
     phases: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
 
 
