@@ -247,12 +247,20 @@ def test_conversion_marker_validation(tmp_path):
     marker = folder / loader.MARKER_NAME
     data = json.loads(marker.read_text())
     assert data["files"] == {"config.json": 23, "model.safetensors": 100, "tokenizer.json": 2}
+    assert data["sha256"]["model.safetensors"] == hashlib.sha256(b"\0" * 100).hexdigest()
+    assert set(data["sha256"]) == set(data["files"])
     assert data["specdecode_version"] and data["format_version"] == loader.CONVERSION_FORMAT_VERSION
 
     (folder / "model.safetensors").write_bytes(b"\0" * 99)  # truncated weights
     assert not is_valid_conversion(folder, SHA)
     (folder / "model.safetensors").write_bytes(b"\0" * 100)
     assert is_valid_conversion(folder, SHA)
+    (folder / "model.safetensors").write_bytes(b"\0" * 50 + b"\1" * 50)  # same size, other bytes
+    assert loader.conversion_problem(folder, SHA) == (
+        "model.safetensors does not match its sha256: changed or damaged on disk"
+    )
+    (folder / "model.safetensors").write_bytes(b"\0" * 100)
+    assert loader.conversion_problem(folder, SHA) is None
     (folder / "tokenizer.json").unlink()  # a listed file missing
     assert not is_valid_conversion(folder, SHA)
     (folder / "tokenizer.json").write_text("{}")

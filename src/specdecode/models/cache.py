@@ -5,6 +5,7 @@ Import-light on purpose (no torch): the CLI and the calibration code use it too.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -23,6 +24,32 @@ def cache_dir() -> Path:
     if xdg:
         return Path(xdg).expanduser() / "specdecode"
     return Path.home() / ".cache" / "specdecode"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 hex of a file's bytes, read now (no memo): about 1 GB/s with SHA-NI."""
+    h = hashlib.sha256()
+    buf = bytearray(1 << 22)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and prove it writable by writing and deleting a file in it.
+
+    A real write, not ``os.access``: that says yes to root on a read-only mount, and no
+    answer but a write is sure on network filesystems. Raises ``OSError`` when it fails.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = temp_sibling(folder / "write-probe")
+    try:
+        with open(probe, "xb") as f:
+            f.write(b"ok")
+    finally:
+        remove_path(probe)
 
 
 def _pid_alive(pid: int) -> bool:
