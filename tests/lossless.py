@@ -44,10 +44,14 @@ def exact_joint(loaded, prompt: list[int], cfg: SamplingConfig) -> dict[tuple[in
     return joint
 
 
-def sample_joint(decoder, prompt: list[int], cfg: SamplingConfig, n: int) -> Counter:
+def sample_joint(
+    decoder, prompt: list[int], cfg: SamplingConfig, n: int, coupling: str = "residual"
+) -> Counter:
+    """``n`` generations, seeds ``0 .. n - 1``. The default tests speculative sampling proper
+    (``residual``); ``coupling="gumbel"`` tests the seed-keyed Gumbel-max coupling."""
     counts: Counter = Counter()
     for seed in range(n):
-        c = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p, seed=seed)
+        c = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p, seed=seed, coupling=coupling)
         ids = decoder.generate_ids(prompt, max_new_tokens=3, sampling=c).token_ids
         counts[(ids[1], ids[2])] += 1
     return counts

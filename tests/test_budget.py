@@ -104,16 +104,14 @@ def test_forward_costs_learn_how_the_cost_grows_with_context():
 
 
 def test_the_engine_feeds_forward_timings_to_the_policies():
-    from specdecode.budget import forward_costs
     from specdecode.engine import build_decoder
     from specdecode.models.testing import tiny_model_for_tests
 
     lm = tiny_model_for_tests(vocab_size=64, seed=3)
-    build_decoder("pld", lm).generate_ids([3, 5, 7, 3, 5], max_new_tokens=8)
-    assert forward_costs(lm) is None  # opt-in: nothing asked for the correction yet
-    assert build_decoder("pld", lm).drafter.policy.costs is None
+    assert build_decoder("pld", lm).drafter.policy.costs is None  # opt-in
+    assert build_decoder("hybrid", lm).drafter.policy.costs is None
     decoder = build_decoder("hybrid", lm, options={"adapt_cost": True})
-    decoder.generate_ids([3, 5, 7, 3, 5, 7, 3, 5], max_new_tokens=24)
-    costs = forward_costs(lm)
-    assert costs is not None and costs.records > 0
-    assert decoder.drafter.policy.costs is costs
+    r = decoder.generate_ids([3, 5, 7, 3, 5, 7, 3, 5], max_new_tokens=24)
+    costs = decoder.drafter.policy.costs
+    assert costs is not None and costs.records == r.steps  # one timed forward per step
+    assert r.prompt_tokens <= costs.context < r.prompt_tokens + r.new_tokens  # cache before the last forward

@@ -59,7 +59,8 @@ def sample_joint_4(decoder, n: int) -> tuple[Counter, int]:
     drafter.propose = spy
     try:
         for seed in range(n):
-            c = SamplingConfig(CFG.temperature, seed=seed)
+            # the residual coupling: the one whose losslessness depends on q (gumbel's does not)
+            c = SamplingConfig(CFG.temperature, seed=seed, coupling="residual")
             ids = decoder.generate_ids(PROMPT, max_new_tokens=4, sampling=c).token_ids
             counts[(ids[1], ids[2])] += 1
     finally:

@@ -6,19 +6,25 @@
 
 Models are loaded once per process (the loader memoizes), and decoders are cached per
 (method, model, draft, options) so drafters that learn across prompts keep what they learned.
+Calls may come from any number of threads, and streams may be interleaved: each generation
+has its own KV cache and drafter state (see :class:`specdecode.engine.Decoder`), so each gives
+what it would give alone.
 For full control build a :class:`specdecode.engine.Decoder` with
 :func:`specdecode.engine.build_decoder`.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 from specdecode.engine import Decoder, GenerationResult, Response, build_decoder
+from specdecode.errors import SpecDecodeError
 from specdecode.models.loader import load_model
 from specdecode.sampling import SamplingConfig
 
 _DECODERS: dict[tuple, Decoder] = {}
+_DECODERS_LOCK = threading.Lock()  # one load per key, however many threads ask at once
 
 
 def get_decoder(
@@ -31,15 +37,46 @@ def get_decoder(
     dtype: str | None = None,
 ) -> Decoder:
     """A (cached) decoder for ``method`` on ``model`` (``None``/``"default"``: the embedded model)."""
-    key = (method, model, draft, tuple(sorted((options or {}).items())), device, dtype)
-    if key not in _DECODERS:
-        target = load_model(model, device=device, dtype=dtype)
-        draft_model = load_model(draft, device=str(target.device), dtype=dtype) if draft else None
-        _DECODERS[key] = build_decoder(method, target, draft=draft_model, options=options)
-    return _DECODERS[key]
+    for name, value in (("method", method), ("model", model), ("draft", draft), ("device", device)):
+        if value is not None and not isinstance(value, str):
+            raise SpecDecodeError(f"{name} must be a string, got {type(value).__name__} {value!r}")
+    if options is not None and not isinstance(options, dict):
+        raise SpecDecodeError(f"options must be a dict of method options, got {type(options).__name__}")
+    # repr: a value of the wrong type still makes a key, and build_decoder names the problem
+    key = (
+        method,
+        model,
+        draft,
+        tuple(sorted((str(k), repr(v)) for k, v in (options or {}).items())),
+        device,
+        dtype,
+    )
+    with _DECODERS_LOCK:
+        if key not in _DECODERS:
+            target = load_model(model, device=device, dtype=dtype)
+            draft_model = load_model(draft, device=str(target.device), dtype=dtype) if draft else None
+            _DECODERS[key] = build_decoder(method, target, draft=draft_model, options=options)
+        return _DECODERS[key]
+
+
+def _stop_list(stop) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]  # one stop string, not its characters
+    if isinstance(stop, (list, tuple)) and all(isinstance(s, str) for s in stop):
+        return list(stop)
+    raise SpecDecodeError(f"stop must be a string or a list of strings, got {stop!r}")
 
 
 def _prepare(prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed):
+    if not isinstance(prompt, str):
+        hint = (
+            " (decode it first, e.g. prompt.decode('utf-8'))"
+            if isinstance(prompt, (bytes, bytearray))
+            else ""
+        )
+        raise SpecDecodeError(f"the prompt must be a str, got {type(prompt).__name__}{hint}")
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     decoder = get_decoder(method, model, draft=draft, options=options, device=device, dtype=dtype)
     return decoder, decoder.loaded.encode_prompt(prompt, raw=raw), sampling
@@ -57,7 +94,7 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     seed: int | None = None,
-    stop: list[str] | None = None,
+    stop: str | list[str] | None = None,
     raw: bool = False,
     device: str | None = "auto",
     dtype: str | None = None,
@@ -66,7 +103,7 @@ def generate(
     decoder, ids, sampling = _prepare(
         prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed
     )
-    return decoder.generate_ids(ids, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop)
+    return decoder.generate_ids(ids, max_new_tokens=max_new_tokens, sampling=sampling, stop=_stop_list(stop))
 
 
 def stream(
@@ -81,7 +118,7 @@ def stream(
     top_k: int = 0,
     top_p: float = 1.0,
     seed: int | None = None,
-    stop: list[str] | None = None,
+    stop: str | list[str] | None = None,
     raw: bool = False,
     device: str | None = "auto",
     dtype: str | None = None,
@@ -90,4 +127,4 @@ def stream(
     decoder, ids, sampling = _prepare(
         prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed
     )
-    yield from decoder.stream(ids, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop)
+    yield from decoder.stream(ids, max_new_tokens=max_new_tokens, sampling=sampling, stop=_stop_list(stop))

@@ -20,7 +20,6 @@ children's) always precedes its children and every prefix is a valid tree.
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -62,7 +61,9 @@ class ForwardCosts:
 
     (``n`` tokens scored at context length ``L``) by exponentially weighted least squares with
     a ridge pull toward zero (trust the curve until evidence says otherwise), refitted every
-    ``refit`` records. :meth:`t` is the corrected cost at the latest context length.
+    ``refit`` records. :meth:`t` is the corrected cost at the latest context length. The
+    timings come from :class:`specdecode.drafters.base.StepOutcome` (``forward_seconds``,
+    ``context``): the drafter that owns the policy records them in its ``observe``.
 
     Opt-in (``hybrid`` with ``adapt_cost=true``), because it did not pay on the CPU it was
     measured on: SmolLM2-135M, 2-core EPYC, 2 threads, 8 Spec-Bench prompts (mt_bench,
@@ -110,19 +111,6 @@ class ForwardCosts:
         base = self.curve.t(n_tokens)
         extra = float(self._features(n_tokens, self.context) @ self.coef)
         return max(base + extra, 0.5 * base)
-
-
-_COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def forward_costs(loaded, curve=None) -> ForwardCosts | None:
-    """The :class:`ForwardCosts` shared by the policies and the engine for ``loaded``'s model.
-    With ``curve``: created from it, or started afresh when the curve changed (a new
-    calibration); without: the existing one, or ``None``."""
-    costs = _COSTS.get(loaded.model)
-    if curve is not None and (costs is None or costs.curve != curve):
-        costs = _COSTS[loaded.model] = ForwardCosts(curve)
-    return costs
 
 
 class BudgetPolicy:
@@ -207,10 +195,11 @@ def policy_for(
     """The policy for loaded model ``loaded`` from its cached latency curve, never measuring one:
     with no cached curve for this model, device and dtype, the CPU-like :func:`fallback_curve`
     (run ``specdecode calibrate`` once to size trees from real timings). With ``adapt``, the
-    curve is corrected online by the forwards the engine times (:class:`ForwardCosts`)."""
+    curve is corrected online by the forwards the engine times (:class:`ForwardCosts`, recorded
+    by the drafter from each step's outcome)."""
     curve = read_cached(loaded)
     if curve is None:
         logger.info("no cached latency curve for %s: sizing drafts with the CPU-like fallback", loaded.key)
         curve = fallback_curve()
-    costs = forward_costs(loaded, curve) if adapt else None
+    costs = ForwardCosts(curve) if adapt else None
     return BudgetPolicy(curve, overhead_s=overhead_s, max_nodes=max_nodes, costs=costs)

@@ -7,17 +7,18 @@ stop string; :meth:`Decoder.generate_ids` collects a :class:`GenerationResult`.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import torch
 
-from specdecode.budget import forward_costs
 from specdecode.drafters.base import Drafter, MethodContext, StepOutcome
 from specdecode.errors import SpecDecodeError
 from specdecode.registry import get_method
-from specdecode.sampling import SamplingConfig, pick
+from specdecode.sampling import Sampler, SamplingConfig
 from specdecode.target import Target
 from specdecode.tree import DraftTree
 from specdecode.verify import verify
@@ -70,51 +71,81 @@ class GenerationResult:
 
 
 class Decoder:
-    """A method bound to a target model (and optional draft model); reusable across prompts."""
+    """A method bound to a target model (and optional draft model); reusable across prompts.
+
+    Each generation owns its state: a fresh KV cache (:class:`Target`), its own draws
+    (:class:`specdecode.sampling.Sampler`) and a drafter instance of its own, so any number
+    of generations can run at once, interleaved in one thread or in many, and each gives what
+    it would give alone. What drafters learn across generations is shared on purpose: a
+    concurrent generation gets a :meth:`Drafter.fork` of :attr:`drafter` (same learned
+    objects), and one lock per decoder serializes every drafter call (``begin``, ``propose``,
+    ``observe``, ``finish``; about a millisecond a step), while the target forwards run
+    outside it. A generation run alone always uses :attr:`drafter` itself.
+    """
 
     def __init__(self, method: str, target, drafter: Drafter) -> None:
         self.method = method
         self.loaded = target
-        self.target = Target(target)
-        self.drafter = drafter
+        self.drafter = drafter  # serves one generation at a time; others use forks of it
+        self._idle: list[Drafter] = [drafter]
+        self._lock = threading.Lock()
 
     # ---- layer 1: steps -------------------------------------------------------------------
-    @torch.inference_mode()  # torch toggles it around each resumption of the generator
     def steps(self, prompt_ids: list[int], sampling: SamplingConfig, limit: int) -> Iterator[Step]:
         """Yield each forward's committed tokens; at most ``limit`` tokens in all."""
         if limit <= 0:
             return
-        target, drafter = self.target, self.drafter
-        gen = None if sampling.greedy else sampling.generator(self.loaded.device)
-        tokens = list(prompt_ids)
-        token = pick(target.prefill(tokens), sampling, gen)
-        tokens.append(token)
-        drafter.begin(list(prompt_ids), sampling)
-        yield Step([token], 0, 0)
-        produced = 1
-        max_context = self.loaded.max_context or 1 << 30
-        clock = time.perf_counter
-        # Forward timings correct the cost curve that sizes the drafts (when a drafter uses one).
-        costs = forward_costs(self.loaded)
-        cuda = torch.device(self.loaded.device).type == "cuda"
-        while produced < limit:
-            room = min(limit - produced - 1, max_context - len(tokens) - 1)
-            t0 = clock()
-            tree = drafter.propose(tokens, room) if room >= 1 else DraftTree.empty()
-            t1 = clock()
-            logits = target.score(tokens[-1], tree)  # [n + 1, vocab]
-            if cuda:
-                torch.cuda.synchronize(self.loaded.device)  # verify would wait for it anyway
-            t2 = clock()
-            if costs is not None:
-                costs.record(len(tree) + 1, len(tokens) - 1, t2 - t1)
-            verdict = verify(tree, logits, sampling, gen)
-            target.commit(verdict.path)
-            tokens.extend(verdict.tokens)
-            t3 = clock()
-            drafter.observe(StepOutcome(tree, logits, verdict, tokens))
-            produced += len(verdict.tokens)
-            yield Step(verdict.tokens, len(tree), verdict.accepted, (t1 - t0, t2 - t1, t3 - t2, clock() - t3))
+        with self._lock:
+            drafter = self._idle.pop() if self._idle else self.drafter.fork()
+        try:
+            yield from self._steps(drafter, list(prompt_ids), sampling, limit)
+        finally:
+            with self._lock:
+                self._idle.append(drafter)
+
+    @torch.inference_mode()  # torch toggles it around each resumption of the generator
+    def _steps(self, drafter: Drafter, tokens: list[int], sampling: SamplingConfig, limit: int):
+        lock, loaded = self._lock, self.loaded
+        target = Target(loaded)  # this generation's KV cache
+        sampler = Sampler(sampling, loaded.device)
+        prompt = list(tokens)
+        tokens.append(sampler.first(target.prefill(prompt), len(prompt)))
+        with lock:
+            drafter.begin(prompt, sampling)
+        try:
+            yield Step([tokens[-1]], 0, 0)
+            produced = 1
+            max_context = loaded.max_context or 1 << 30
+            clock = time.perf_counter
+            cuda = torch.device(loaded.device).type == "cuda"
+            while produced < limit:
+                room = min(limit - produced - 1, max_context - len(tokens) - 1)
+                t0 = clock()
+                with lock:
+                    tree = drafter.propose(tokens, room) if room >= 1 else DraftTree.empty()
+                t1 = clock()
+                context = target.length
+                logits = target.score(tokens[-1], tree)  # [n + 1, vocab]
+                if cuda:
+                    torch.cuda.synchronize(loaded.device)  # verify would wait for it anyway
+                t2 = clock()
+                verdict = verify(
+                    tree, logits, sampling, sampler.gen, noise=sampler.noise, position=len(tokens)
+                )
+                target.commit(verdict.path)
+                tokens.extend(verdict.tokens)
+                if sampler.noise is not None:
+                    sampler.noise.forget(len(tokens))
+                t3 = clock()
+                with lock:
+                    drafter.observe(StepOutcome(tree, logits, verdict, tokens, t2 - t1, context))
+                produced += len(verdict.tokens)
+                yield Step(
+                    verdict.tokens, len(tree), verdict.accepted, (t1 - t0, t2 - t1, t3 - t2, clock() - t3)
+                )
+        finally:
+            with lock:
+                drafter.finish()
 
     # ---- layer 2: stream of responses -----------------------------------------------------
     def stream(
@@ -135,23 +166,25 @@ class Decoder:
         out: list[int] = []
         sent_text, sent_ids = "", 0
         finish = "length"
-        for step in self.steps(prompt_ids, sampling, limit):
-            if stats is not None:
-                stats.append(step)
-            if _take(step.tokens, out, eos, max_new_tokens):
-                finish = "eos"
-            text = tok.decode(out, skip_special_tokens=True)
-            cut = _stop_at(text, stop)
-            if cut >= 0:
-                text, finish = text[:cut], "stop"
-            if finish == "length" and len(out) < max_new_tokens and text.endswith("\ufffd"):
-                continue  # a multi-byte character is still incomplete: wait for more tokens
-            done = finish != "length" or len(out) >= max_new_tokens
-            if text[len(sent_text) :] or done:
-                yield Response(text[len(sent_text) :], out[sent_ids:], finish if done else None)
-                sent_text, sent_ids = text, len(out)
-            if done:
-                return
+        # closing(): however this loop ends, the generation's drafter is handed back at once
+        with closing(self.steps(prompt_ids, sampling, limit)) as steps:
+            for step in steps:
+                if stats is not None:
+                    stats.append(step)
+                if _take(step.tokens, out, eos, max_new_tokens):
+                    finish = "eos"
+                text = tok.decode(out, skip_special_tokens=True)
+                cut = _stop_at(text, stop)
+                if cut >= 0:
+                    text, finish = text[:cut], "stop"
+                if finish == "length" and len(out) < max_new_tokens and text.endswith("\ufffd"):
+                    continue  # a multi-byte character is still incomplete: wait for more tokens
+                done = finish != "length" or len(out) >= max_new_tokens
+                if text[len(sent_text) :] or done:
+                    yield Response(text[len(sent_text) :], out[sent_ids:], finish if done else None)
+                    sent_text, sent_ids = text, len(out)
+                if done:
+                    return
 
     # ---- layer 3: the whole result --------------------------------------------------------
     def generate_ids(
@@ -179,13 +212,14 @@ class Decoder:
         else:  # the fast path: no detokenization until the end
             limit = self._check(prompt_ids, max_new_tokens)
             eos = self.loaded.eos_token_ids
-            for step in self.steps(prompt_ids, sampling, limit):
-                stats.append(step)
-                if _take(step.tokens, ids, eos, max_new_tokens):
-                    finish = "eos"
-                    break
-                if len(ids) >= max_new_tokens:
-                    break
+            with closing(self.steps(prompt_ids, sampling, limit)) as steps:
+                for step in steps:
+                    stats.append(step)
+                    if _take(step.tokens, ids, eos, max_new_tokens):
+                        finish = "eos"
+                        break
+                    if len(ids) >= max_new_tokens:
+                        break
         seconds = time.perf_counter() - start
         text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
         cut = _stop_at(text, stop or [])
@@ -210,6 +244,8 @@ class Decoder:
     def _check(self, prompt_ids: list[int], max_new_tokens: int) -> int:
         if not prompt_ids:
             raise SpecDecodeError("the prompt is empty: give some text to continue")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+            raise SpecDecodeError(f"max new tokens must be a whole number, got {max_new_tokens!r}")
         if max_new_tokens <= 0:
             raise SpecDecodeError(f"max new tokens must be >= 1, got {max_new_tokens}")
         ctx = self.loaded.max_context

@@ -71,6 +71,14 @@ def get_method(name: str) -> MethodSpec:
         ) from None
 
 
+def _has_type(value: Any, kind: type) -> bool:
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
 def _convert(spec: MethodSpec, key: str, opt: Option, value: Any) -> Any:
     if isinstance(value, str) and opt.type is not str:
         try:
@@ -78,14 +86,17 @@ def _convert(spec: MethodSpec, key: str, opt: Option, value: Any) -> Any:
                 if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
                     raise ValueError(value)
                 value = value.lower() in ("1", "true", "yes")
-            elif opt.type in (list, tuple):
-                value = [int(v) for v in value.split(",") if v.strip()]
             else:
                 value = opt.type(value)
         except ValueError:
             raise SpecDecodeError(
                 f"method {spec.name!r}: option {key!r} takes a {opt.type.__name__}, got {value!r}"
             ) from None
+    elif not _has_type(value, opt.type):
+        raise SpecDecodeError(
+            f"method {spec.name!r}: option {key!r} takes a {opt.type.__name__}, "
+            f"got {type(value).__name__} {value!r}"
+        )
     if opt.check is not None and not opt.check(value):
         raise SpecDecodeError(
             f"method {spec.name!r}: option {key!r} must be {opt.requirement}, got {value!r}"

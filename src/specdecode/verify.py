@@ -8,7 +8,9 @@ Notation of the papers: ``p`` is the target distribution, ``q`` the draft's. Eac
   ``norm(max(0, p - q))`` when the last sibling was rejected. Either way the target's forward
   already produced the distribution, so every step commits at least one token.
 
-Greedy: a child is accepted when its token is the target's argmax. Sampling: recursive
+Greedy: a child is accepted when its token is the target's argmax. Sampling with the Gumbel
+coupling (:class:`specdecode.sampling.GumbelNoise`): the same walk, with the target's choice at
+each row being ``argmax(log p + g)`` for the noise of that row's sequence position. Sampling: recursive
 rejection sampling over siblings (SpecInfer's multi-draft speculative sampling; with
 ``without_replacement`` Recursive Speculative Decoding's variant), which keeps the output
 distribution exactly the target's. A chain is the tree with one child per node, so this is
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from specdecode.sampling import SamplingConfig, sample, target_probs
+from specdecode.sampling import GumbelNoise, SamplingConfig, sample, target_probs
 from specdecode.tree import DraftTree
 
 
@@ -36,16 +38,34 @@ class Verdict:
 
 
 def verify(
-    tree: DraftTree, logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | None = None
+    tree: DraftTree,
+    logits: torch.Tensor,
+    cfg: SamplingConfig,
+    gen: torch.Generator | None = None,
+    *,
+    noise: GumbelNoise | None = None,
+    position: int = 0,
 ) -> Verdict:
-    """Accept the longest valid path of ``tree`` given target ``logits`` ``[n + 1, vocab]``."""
+    """Accept the longest valid path of ``tree`` given target ``logits`` ``[n + 1, vocab]``.
+
+    With ``noise`` (the Gumbel coupling), ``position`` is the sequence index of the token that
+    follows the root; a node at depth ``d`` is at ``position + d``.
+    """
     if cfg.greedy:
         return verify_greedy(tree, logits)
+    if noise is not None:
+        rows = [position] + [position + d for d in tree.depths()]
+        return _walk(tree, noise.choices(target_probs(logits, cfg), rows))
     return verify_sampling(tree, target_probs(logits, cfg), gen)
 
 
 def verify_greedy(tree: DraftTree, logits: torch.Tensor) -> Verdict:
-    best = logits.argmax(-1).tolist()  # [n + 1]: the target's choice after root / each node
+    return _walk(tree, logits.argmax(-1).tolist())
+
+
+def _walk(tree: DraftTree, best: list[int]) -> Verdict:
+    """Follow the children that hold the target's choice ``best`` ``[n + 1]`` (after the root,
+    after each node) as deep as they go; the choice after the last one is the bonus token."""
     node, path = -1, []
     while True:
         want = best[node + 1]

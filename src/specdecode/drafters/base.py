@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,8 @@ class StepOutcome:
     logits: torch.Tensor  # [n + 1, vocab]: target logits after the root and after each node
     verdict: Verdict
     tokens: list[int]  # every committed token after this step (prompt included)
+    forward_seconds: float = 0.0  # wall time of the target forward that scored the tree
+    context: int = 0  # tokens in the target's KV cache before that forward
 
 
 @dataclass
@@ -55,12 +58,28 @@ class Drafter:
 
     Drafters that can be combined with others (``hybrid``) also implement :meth:`candidates`
     and :meth:`learn`; their own ``propose``/``observe`` are built from the two.
+
+    State has two owners. What one generation needs (its position in the text, indexes of its
+    context, a draft model's KV cache, its RNG) belongs to the drafter instance serving that
+    generation, and :meth:`begin` creates it afresh: assigned, never reset in place, so that a
+    :meth:`fork` never shares it. What is learned across generations (statistics, matrices,
+    pools) is held by objects that every fork of a drafter shares; the decoder serializes the
+    calls that touch it (see :class:`specdecode.engine.Decoder`).
     """
 
     composable = False
 
+    def fork(self) -> Drafter:
+        """A drafter for a concurrent generation: shares the learned state, not the per-generation
+        state (which its :meth:`begin` creates)."""
+        return copy.copy(self)
+
     def begin(self, prompt_ids: list[int], sampling: SamplingConfig) -> None:
         """A new sequence starts; ``prompt_ids`` is the whole prompt."""
+
+    def finish(self) -> None:
+        """The sequence ended (or its consumer stopped early): hand what it taught to the
+        shared state."""
 
     def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
         """A draft tree below ``tokens[-1]`` (the root), no deeper than ``max_depth`` (>= 1)."""

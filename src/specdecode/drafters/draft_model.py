@@ -133,6 +133,27 @@ class DraftLM:
             self.cache.crop(-extra)
 
 
+class ConfidenceThreshold:
+    """Keep drafting while the draft's confidence is at least :attr:`value`; the value moves by
+    ``step`` after each verified draft: down when a low-confidence token was accepted (draft
+    more), up when a confident one was rejected (draft less)."""
+
+    def __init__(self, value: float, step: float) -> None:
+        self.value = value
+        self.step = step
+
+    def update(self, confidences: list[float], accepted: int) -> None:
+        if not self.step:
+            return
+        for i, conf in enumerate(confidences):
+            if i < accepted and conf < self.value + 0.2:
+                self.value = max(0.0, self.value - self.step)
+            elif i == accepted:
+                if conf >= self.value:
+                    self.value = min(0.95, self.value + self.step)
+                break
+
+
 class _DraftModelBase(Drafter):
     """Shared by draft-model and dyspec: the draft model, tokenizer bridging, sync."""
 
@@ -157,6 +178,7 @@ class _DraftModelBase(Drafter):
         self.gen = None if sampling.greedy else sampling.generator(self.lm.device)
         if sampling.seed is not None and self.gen is not None:
             self.gen.manual_seed(sampling.seed + 1)
+        self.lm = DraftLM(self.ctx.draft)  # this generation's draft KV cache
         self.lm.reset()
         self._dtokens: list[int] = []
         self._synced = 0  # target tokens already translated into _dtokens
@@ -208,8 +230,7 @@ class DraftModel(_DraftModelBase):
     def __init__(self, ctx, max_draft: int = 6, threshold: float = 0.4, adapt: float = 0.02) -> None:
         super().__init__(ctx)
         self.max_draft = max_draft
-        self.threshold = threshold
-        self.adapt = adapt
+        self.stop = ConfidenceThreshold(threshold, adapt)  # learned across generations (shared)
         self._conf: list[float] = []
 
     def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
@@ -228,7 +249,7 @@ class DraftModel(_DraftModelBase):
             else:
                 x = int(q.argmax())
             conf = float(q[x]) if not sampling else float(q.max())
-            if out and conf < self.threshold:
+            if out and conf < self.stop.value:
                 break
             out.append(x)
             self._conf.append(conf)
@@ -246,18 +267,8 @@ class DraftModel(_DraftModelBase):
         return DraftTree.chain(out)
 
     def observe(self, outcome) -> None:
-        if not self.adapt or self.bridged:
-            return
-        acc = outcome.verdict.accepted
-        for i, conf in enumerate(self._conf[: len(outcome.tree)]):
-            if i < acc and conf < self.threshold + 0.2:
-                self.threshold = max(
-                    0.0, self.threshold - self.adapt
-                )  # accepted at low confidence: draft more
-            elif i == acc:
-                if conf >= self.threshold:
-                    self.threshold = min(0.95, self.threshold + self.adapt)  # rejected though confident
-                break
+        if not self.bridged:
+            self.stop.update(self._conf[: len(outcome.tree)], outcome.verdict.accepted)
 
 
 @register(

@@ -84,9 +84,18 @@ class Hybrid(Drafter):
         self._owners: list[list[tuple[int, object]]] = []  # per node of the last tree: (source, tag)
         self.expected_accepted = 0.0
 
+    def fork(self) -> Hybrid:
+        clone = super().fork()
+        clone.sources = [source.fork() for source in self.sources]
+        return clone
+
     def begin(self, prompt_ids, sampling) -> None:
         for source in self.sources:
             source.begin(prompt_ids, sampling)
+
+    def finish(self) -> None:
+        for source in self.sources:
+            source.finish()
 
     def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
         out: list[int] = []
@@ -125,6 +134,8 @@ class Hybrid(Drafter):
         return DraftTree(out, parents)
 
     def observe(self, outcome: StepOutcome) -> None:
+        if self.policy is not None and self.policy.costs is not None:
+            self.policy.costs.record(len(outcome.tree) + 1, outcome.context, outcome.forward_seconds)
         judged: list[list[tuple[object, bool]]] = [[] for _ in self.sources]
         if len(self._owners) == len(outcome.tree):
             for node, ok in judged_children(outcome.tree, outcome.verdict.path):

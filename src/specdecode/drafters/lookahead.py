@@ -155,14 +155,18 @@ class Lookahead(Drafter):
         self._last: tuple | None = None  # what the last proposal scored, for observe()
 
     def begin(self, prompt_ids, sampling) -> None:
-        self._resolve(self._tokens, final=True)
         if self.reset_pool:
             self.pool.clear()
-        else:  # the last text's n-grams stay in the pool for the prompts to come
-            for positions in self.occ.values():
-                for i in positions:
-                    self._freeze(i)
         self._begin()
+
+    def finish(self) -> None:
+        """Learn from what is still pending, and keep this text's n-grams in the shared pool
+        for the prompts to come."""
+        self._resolve(self._tokens, final=True)
+        for positions in self.occ.values():
+            for i in positions:
+                self._freeze(i)
+        self.occ = {}
 
     # ---- propose --------------------------------------------------------------------------
     def propose(self, tokens: list[int], max_depth: int) -> DraftTree:

@@ -26,11 +26,6 @@ class NgramIndex:
         self.maps: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in self.sizes}
         self.indexed = 0  # n-grams ending before this position are indexed
 
-    def reset(self) -> None:
-        for m in self.maps.values():
-            m.clear()
-        self.indexed = 0
-
     def update(self, tokens: list[int]) -> None:
         # Index n-grams whose continuation has begun: those ending at or before len - 1.
         end = len(tokens) - 1
@@ -84,7 +79,7 @@ class PromptLookup(Drafter):
     composable = True
 
     def begin(self, prompt_ids, sampling) -> None:
-        self.index.reset()
+        self.index = NgramIndex(self.index.sizes)  # per generation (the rates are shared)
 
     def candidates(self, tokens: list[int], max_depth: int) -> Candidates:
         self.index.update(tokens)
