@@ -280,3 +280,83 @@ def test_unbridgeable_drafts_fail_before_measuring(tiny_llama, monkeypatch):
         runner.run_bench(
             _config(["ar", "hf-assisted"]), target=tiny_llama, draft=other_vocab, prompts=prompts
         )
+
+
+def test_unwritable_out_fails_before_loading(tmp_path, prompts_file, monkeypatch):
+    """--out is probed by writing a file beside it, before any prompt runs: permission bits
+    alone say nothing to root, so the cases are ones that fail for root too."""
+    import specdecode.models.loader as loader
+    from specdecode.cli import bench
+
+    monkeypatch.setattr(loader, "load_model", lambda *a, **kw: pytest.fail("loaded a model"))
+    a_file = tmp_path / "plain-file"
+    a_file.write_text("x")
+    (tmp_path / "taken.json").mkdir()
+    (tmp_path / "r.md").mkdir()
+    cases = [
+        ("/proc/specdecode-bench.json", "cannot create a file in /proc"),
+        (str(a_file / "r.json"), "plain-file is a file, not a folder"),
+        (str(a_file / "sub" / "r.json"), "plain-file is a file, not a folder"),
+        (str(tmp_path / "taken.json"), "taken.json is a folder, not a file"),
+        (str(tmp_path / "r.json"), "r.md is a folder, not a file"),  # the Markdown beside it
+        (str(tmp_path / "missing" / "r.json"), "the folder for --out does not exist"),
+        (str(tmp_path / "r.txt"), "must name a .json file"),
+    ]
+    for out, words in cases:
+        with pytest.raises(SpecDecodeError, match=words):
+            bench.run(parse(["--methods", "ar", "--prompts", str(prompts_file), "--out", out]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain-file", "prompts.jsonl", "r.md", "taken.json"]
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**64 - 2)])  # prompt i samples with seed + i: 3 prompts
+def test_seed_out_of_range_fails_before_loading(seed, prompts_file, monkeypatch):
+    import specdecode.models.loader as loader
+    from specdecode.cli import bench
+
+    monkeypatch.setattr(loader, "load_model", lambda *a, **kw: pytest.fail("loaded a model"))
+    with pytest.raises(SpecDecodeError, match="--seed must be a whole number"):
+        bench.run(parse(["--methods", "ar", "--prompts", str(prompts_file), "--seed", seed]))
+
+
+def test_compare_names_the_file_and_field(tmp_path, capsys):
+    from specdecode.cli import main
+
+    good = {"summary": {"ar": {"tokens_per_second": 10.0, "speedup": 1.0}}, "meta": {}}
+    bad = {"summary": {"ar": {"tokens_per_second": "12.5", "speedup": 1.0}}, "meta": {}}
+    (tmp_path / "old.json").write_text(json.dumps(good))
+    (tmp_path / "new.json").write_text(json.dumps(bad))
+    code = main(["bench", "--compare", str(tmp_path / "old.json"), str(tmp_path / "new.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"{tmp_path / 'new.json'}: summary.ar.tokens_per_second must be a number or null" in err
+
+
+def test_sigterm_keeps_finished_prompts(tiny_target, prompts_file, tmp_path, monkeypatch, capsys):
+    """SIGTERM during the run saves the partial result as Ctrl-C does, with exit status 143,
+    and the old SIGTERM handler is back afterwards (the subprocess case: test_cli_process.py)."""
+    import os
+    import signal
+
+    import specdecode.bench.runner as runner
+    from specdecode.cli import bench
+
+    real, prompts_seen = runner.timed_run, []
+
+    def terminate_on_second_prompt(r, prompt_ids, **kw):
+        prompts_seen.append(tuple(prompt_ids))
+        if len(set(prompts_seen)) > 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(r, prompt_ids, **kw)
+
+    monkeypatch.setattr(runner, "timed_run", terminate_on_second_prompt)
+    monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path / "cache"))
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "r.json"
+    args = parse(["--methods", "ar,hf-ar", "--prompts", str(prompts_file), "--max-new-tokens", "4"]
+                 + ["--warmup", "0", "--raw", "--no-progress", "--no-plots", "--out", str(out)])  # fmt: skip
+    assert bench.run(args) == 143
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert "terminated (SIGTERM)" in capsys.readouterr().err
+    data = json.loads(out.read_text())
+    assert data["interrupted"] is True and data["complete"] is False
+    assert [p["id"] for p in data["prompts"]] == ["a"]

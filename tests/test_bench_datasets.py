@@ -51,6 +51,11 @@ def test_read_jsonl_prompt_turns_ids_categories(tmp_path):
         ('{"prompt": "   "}', "the prompt is empty"),
         ('{"prompt": "x", "category": 5}', "'category'"),
         ('{"prompt": "x", "id": [1]}', "'id'"),
+        # JSON can escape a lone surrogate, which is no character (the tokenizer would fail on it)
+        ('{"prompt": "\\ud800"}', "'prompt' holds a lone surrogate \\ud800 at character 0"),
+        ('{"turns": ["ok \\udfff"]}', "'turns' holds a lone surrogate \\udfff at character 3"),
+        ('{"prompt": "x", "category": "c\\ud800"}', "'category' holds a lone surrogate"),
+        ('{"prompt": "x", "id": "\\ud800"}', "'id' holds a lone surrogate"),
     ],
 )
 def test_malformed_line_names_its_number(tmp_path, bad, words):
@@ -58,6 +63,17 @@ def test_malformed_line_names_its_number(tmp_path, bad, words):
     with pytest.raises(SpecDecodeError) as e:
         read_jsonl(path)
     assert "line 2" in str(e.value) and words in str(e.value)
+
+
+def test_invalid_utf8_names_its_line_and_valid_text_reads(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"prompt": "fine"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(SpecDecodeError, match=r"latin1.jsonl, line 2: not valid UTF-8 \(byte 0xe9\)"):
+        read_jsonl(path)
+    # a byte order mark, a surrogate pair, and a line separator inside a prompt are all fine
+    ok = tmp_path / "ok.jsonl"
+    ok.write_bytes(b"\xef\xbb\xbf" + b'{"prompt": "a \\ud83d\\ude00 b\xe2\x80\xa8c"}\r\n{"prompt": "d"}\n')
+    assert [p.text for p in read_jsonl(ok)] == ["a \U0001f600 b\u2028c", "d"]
 
 
 def test_duplicate_ids_missing_and_empty_files(tmp_path):

@@ -1,5 +1,6 @@
 """Bench metrics on synthetic per-prompt records: no model, no timing."""
 
+import json
 import math
 
 import pytest
@@ -16,6 +17,7 @@ from specdecode.bench.metrics import (
     summarize,
     tokens_per_second,
 )
+from specdecode.errors import SpecDecodeError
 
 
 def rec(pid, method, new_tokens, seconds, *, cat="c", lengths=None, ident=None, tie=None, mem=None):
@@ -248,6 +250,32 @@ def test_compare_text_reports_deltas():
     assert "1.50 -> 2.00 (+0.50)" in text
     assert "15.00 -> 20.00 (+33.3%)" in text
     assert "(new) 0.50" in text
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda r: r["summary"]["pld"].update(tokens_per_second="15.0"), "summary.pld.tokens_per_second"),
+        (lambda r: r["summary"]["pld"].update(speedup=True), "summary.pld.speedup"),
+        (lambda r: r["summary"].update(pld=[1, 2]), "summary.pld must be an object"),
+        (lambda r: r["categories"]["qa"]["pld"].update(speedup="x"), "categories.qa.pld.speedup"),
+        (lambda r: r.update(categories=[]), "categories must be an object"),
+        (lambda r: r["meta"].update(machine={"cpu": 5}), "meta.machine.cpu"),
+    ],
+)
+def test_load_result_names_a_field_compare_cannot_use(tmp_path, edit, field):
+    from specdecode.bench.report import load_result
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_result(1.5, 15.0)))
+    assert load_result(good)["summary"]["pld"]["speedup"] == 1.5
+    bad = _result(1.5, 15.0)
+    edit(bad)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(SpecDecodeError) as e:
+        load_result(path)
+    assert str(e.value).startswith(f"{path}: ") and field in str(e.value)
 
 
 def test_plots_written(tmp_path):

@@ -40,6 +40,17 @@ def run(capsys, *argv):
         (["generate", "--method", "pld", "--option", "nope=1", "hi"], "takes no option 'nope'"),
         (["generate", "--method", "draft-model", "hi"], "needs a draft model"),
         (["generate", "--model", "/no/such/model", "hi"], "does not exist"),
+        # checked before any model is loaded: with a missing model, loading would fail otherwise
+        (["generate", "--model", "/no/such/model", "--temperature", "1e-40", "hi"], "1e-40"),
+        (
+            ["generate", "--model", "/no/such/model", "--seed", "99999999999999999999999", "hi"],
+            "--seed must be a whole number from 0 to 2**64-1",
+        ),
+        (["generate", "--model", "/no/such/model", "--seed", "-1", "hi"], "--seed must be a whole number"),
+        # an argument that was not UTF-8 reaches Python as surrogate escapes
+        (["generate", "--model", "/no/such/model", "Say \udcff hi"], "not valid UTF-8 (byte 0xff"),
+        (["generate", "--model", "/no/such/model", "--stop", "\\u12", "hi"], "needs 4 hex digits"),
+        (["generate", "--model", "/no/such/model", "--stop", "\\ud800", "hi"], "not a Unicode character"),
     ],
 )
 def test_bad_input_is_one_clear_line(capsys, argv, message):
@@ -124,3 +135,66 @@ def test_generate_with_the_default_model(capsys, default_model):
     assert code == 0, err
     obj = json.loads(out)
     assert "Paris" in obj["text"]
+
+
+def test_invalid_utf8_on_stdin_is_one_line(capsys, monkeypatch):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"Say \xff hi")))
+    code, _, err = run(capsys, "generate", "--model", "/no/such/model", "-")
+    assert code == 2 and err.count("\n") == 1
+    assert "the prompt on stdin is not valid UTF-8 (byte 0xff at offset 4)" in err
+
+
+def test_closed_stdin_is_one_line(capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", None)  # what Python sets when fd 0 is closed
+    code, _, err = run(capsys, "generate", "--model", "/no/such/model", "-")
+    assert code == 2 and err.count("\n") == 1 and "stdin is closed" in err
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("\\n\\n", "\n\n"),
+        ("\\t|\\r", "\t|\r"),
+        ("a\\\\nb", "a\\nb"),  # an escaped backslash, then a plain n
+        ("\\x41\\u00e9\\U0001F600", "A\u00e9\U0001f600"),
+        ("C:\\path\\", "C:\\path\\"),  # unknown escapes and a final backslash stay
+        ("plain", "plain"),
+    ],
+)
+def test_stop_escapes(written, meant):
+    from specdecode.cli.generate import unescape
+
+    assert unescape(written) == meant
+
+
+def test_stop_reaches_the_api_unescaped(capsys, monkeypatch):
+    from specdecode import api
+
+    seen = {}
+
+    def fake_stream(prompt, **kw):
+        seen.update(kw)
+        return iter(())
+
+    monkeypatch.setattr(api, "stream", fake_stream)
+    code, _, err = run(capsys, "generate", "--stop", "\\n\\n", "--stop", "END", "hi")
+    assert code == 0, err
+    assert seen["stop"] == ["\n\n", "END"]
+
+
+def test_broken_pipe_is_quiet(capsys, monkeypatch):
+    """In-process half of the closed-pipe case (the process half is in test_cli_process.py)."""
+    import argparse
+
+    import specdecode.cli as cli
+
+    def write_to_closed_pipe(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    parser = argparse.ArgumentParser()
+    parser.add_subparsers(dest="command").add_parser("methods").set_defaults(func=write_to_closed_pipe)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    code, out, err = run(capsys, "methods")
+    assert code == 141 and out == "" and err == ""

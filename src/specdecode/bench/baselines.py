@@ -257,7 +257,9 @@ def build_baseline(name: str, target, *, draft=None, options: dict | None = None
     from specdecode.registry import parse_options
 
     spec = BASELINES[name]
-    opts = parse_options(spec, options)
+    # None is an option left at its default (transformers' own); the options may come here
+    # already parsed, defaults included, and a None is no value of the option's type
+    opts = parse_options(spec, {k: v for k, v in (options or {}).items() if v is not None})
     if spec.needs_draft and draft is None:
         raise SpecDecodeError(f"{name} needs a draft model: pass --draft MODEL")
     if draft is not None and spec.needs_draft and draft.device != target.device:

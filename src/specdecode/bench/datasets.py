@@ -54,15 +54,25 @@ def read_jsonl(path: str | Path, *, default_category: str = DEFAULT_CATEGORY) ->
     Each non-blank line is a JSON object with ``prompt`` (a string) or ``turns`` (a list of
     strings; the first is used), and optionally ``category`` and ``id`` / ``question_id``.
     Prompts without an id get their 1-based line number. Raises SpecDecodeError naming the
-    file and line for anything malformed, and for a file with no prompts.
+    file and line for anything malformed (lone surrogates such as ``"\\ud800"`` included), and
+    for a file with no prompts.
     """
     path = Path(path)
     if not path.is_file():
         raise SpecDecodeError(f"prompt file not found: {path}")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecDecodeError(f"cannot read prompt file {path}: {e}") from None
+        data = path.read_bytes()
+    except OSError as e:
+        raise SpecDecodeError(f"cannot read prompt file {path}: {e.strerror or e}") from None
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark is fine
+    try:
+        # "\n" only: str.splitlines() would also split inside a prompt at U+2028 and the like
+        lines = data.decode("utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        lineno = data.count(b"\n", 0, e.start) + 1
+        raise SpecDecodeError(
+            f"{path}, line {lineno}: not valid UTF-8 (byte 0x{data[e.start]:02x}); save the file as UTF-8"
+        ) from None
 
     prompts: list[Prompt] = []
     seen: set[str] = set()
@@ -87,6 +97,8 @@ def read_jsonl(path: str | Path, *, default_category: str = DEFAULT_CATEGORY) ->
         category = obj.get("category", default_category)
         if not isinstance(category, str) or not category.strip():
             raise SpecDecodeError(f"{where}: 'category' must be a non-empty string")
+        for name, value in (("id", pid), ("category", category)):
+            _check_unicode(value, where, name)
         prompts.append(Prompt(id=pid, category=category.strip(), text=text))
     if not prompts:
         raise SpecDecodeError(f"prompt file {path} holds no prompts")
@@ -107,7 +119,21 @@ def _prompt_text(obj: dict, where: str) -> str:
         raise SpecDecodeError(f"{where}: a line needs 'prompt' (a string) or 'turns' (a list of strings)")
     if not text.strip():
         raise SpecDecodeError(f"{where}: the prompt is empty")
+    _check_unicode(text, where, "prompt" if "prompt" in obj else "turns")
     return text
+
+
+def _check_unicode(text: str, where: str, name: str) -> None:
+    """JSON can escape a lone surrogate (``"\\ud800"``), which is no character: the tokenizer and
+    the UTF-8 result files would fail on it later, so it is an error here, naming the line."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        c = ord(text[e.start])
+        raise SpecDecodeError(
+            f"{where}: {name!r} holds a lone surrogate \\u{c:04x} at character {e.start}, which is not "
+            "a character; write the character itself or a complete surrogate pair"
+        ) from None
 
 
 def group_spec_bench(prompts: list[Prompt]) -> list[Prompt]:

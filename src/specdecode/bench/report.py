@@ -187,7 +187,53 @@ def load_result(path: str | Path) -> dict:
         raise SpecDecodeError(f"{path} is not a readable bench result JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("summary"), dict):
         raise SpecDecodeError(f"{path} is not a bench result (no 'summary')")
+    _check_fields(data, path)
     return data
+
+
+_NUMBERS = ("speedup", "tokens_per_second", "mean_accepted")
+
+
+def _check_fields(data: dict, path: Path) -> None:
+    """A SpecDecodeError naming the file and the field for a value ``--compare`` cannot use
+    (an edited or foreign file: a number written as a string, a list where an object goes)."""
+
+    def bad(field: str, want: str, value) -> SpecDecodeError:
+        shown = json.dumps(value, ensure_ascii=False)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        return SpecDecodeError(
+            f"{path}: {field} must be {want}, got {type(value).__name__} {shown}; "
+            "is this file a specdecode bench result?"
+        )
+
+    def check_numbers(entry, field: str) -> None:
+        if not isinstance(entry, dict):
+            raise bad(field, "an object", entry)
+        for k in _NUMBERS:
+            v = entry.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise bad(f"{field}.{k}", "a number or null", v)
+
+    for m, entry in data["summary"].items():
+        check_numbers(entry, f"summary.{m}")
+    cats = data.get("categories", {})
+    if not isinstance(cats, dict):
+        raise bad("categories", "an object", cats)
+    for c, per in cats.items():
+        if not isinstance(per, dict):
+            raise bad(f"categories.{c}", "an object", per)
+        for m, entry in per.items():
+            check_numbers(entry, f"categories.{c}.{m}")
+    meta = data.get("meta", {})
+    if not isinstance(meta, dict):
+        raise bad("meta", "an object", meta)
+    machine = meta.get("machine") or {}
+    if not isinstance(machine, dict):
+        raise bad("meta.machine", "an object", machine)
+    for k in ("cpu", "gpu"):
+        v = machine.get(k)
+        if v is not None and not isinstance(v, str):
+            raise bad(f"meta.machine.{k}", "a string or null", v)
 
 
 def _delta(old, new, *, pct: bool) -> str:

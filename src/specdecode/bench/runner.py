@@ -1,7 +1,8 @@
 """The bench loop: every method on every prompt, interleaved, with honest timing.
 
 - Everything the user can get wrong is checked before the first forward: method names and
-  options, the prompt set, prompt lengths, a draft model where one is needed.
+  options, the prompt set, prompt lengths, a draft model where one is needed, and that the
+  result files can be written (a probe file beside ``--out``, before the model is loaded).
 - Warm-up: a few fixed prompts (not from the set, so drafters that learn across prompts do not
   see the measured ones early) through every method, not counted.
 - Methods are interleaved prompt by prompt, in an order that rotates with each prompt, so slow
@@ -10,7 +11,7 @@
 - Under greedy decoding every output is compared with ``ar``'s; where one differs, one target
   forward over prompt + common prefix tells a floating-point near-tie from a real error.
 - After each prompt the JSON is rewritten atomically; Ctrl-C writes what was gathered, marked
-  ``"interrupted": true``.
+  ``"interrupted": true`` (``specdecode bench`` turns a SIGTERM into the same interrupt).
 """
 
 from __future__ import annotations
@@ -290,6 +291,48 @@ def check_identity(
 # --------------------------------------------------------------------------- output files
 
 
+def output_paths(out: Path, *, plots: bool = True) -> list[Path]:
+    """The files a run writes for ``--out FILE.json``."""
+    paths = [out, out.with_suffix(".md")]
+    if plots:
+        paths += [out.with_name(f"{out.stem}-{kind}.png") for kind in ("speedup", "accept", "latency")]
+    return paths
+
+
+def check_out_path(out: Path, *, plots: bool = True) -> None:
+    """A SpecDecodeError now, before any prompt runs, when the result files cannot be written:
+    not a .json name, a folder in the way, a missing folder, or a folder that refuses a file.
+    The last is a real write probe (a temporary file beside the target, removed at once):
+    permission bits say nothing when running as root or on a read-only or virtual filesystem."""
+    from specdecode.models.cache import temp_sibling
+
+    if out.suffix != ".json":
+        raise SpecDecodeError(f"--out must name a .json file, got {out}")
+    for p in output_paths(out, plots=plots):
+        if p.is_dir():
+            raise SpecDecodeError(f"--out {out}: {p} is a folder, not a file; choose another name")
+    parent = out.parent
+    for a in [parent, *parent.parents]:
+        if a.exists() and not a.is_dir():
+            raise SpecDecodeError(f"--out {out}: {a} is a file, not a folder")
+    if not parent.exists():
+        raise SpecDecodeError(f"the folder for --out does not exist: {parent}")
+    probe = temp_sibling(out)
+    try:
+        with open(probe, "x", encoding="utf-8") as f:
+            f.write("probe")
+    except OSError as e:
+        raise SpecDecodeError(
+            f"--out {out}: cannot create a file in {parent} ({e.strerror or e}); choose a folder you "
+            "can write to"
+        ) from None
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     from specdecode.cost import write_atomic
 
@@ -427,7 +470,7 @@ def run_bench(
     """Run the benchmark described by ``config``; ``target``/``draft``/``prompts`` may be given
     ready-made (tests), else they are loaded from the config. Writes the output files when
     ``config.out`` is set. Returns with ``interrupted=True`` after Ctrl-C (files written)."""
-    from specdecode.sampling import SamplingConfig
+    from specdecode.sampling import MAX_SEED, SamplingConfig
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     methods = list(config.methods)
@@ -448,12 +491,15 @@ def run_bench(
         )
     if not prompts:
         raise SpecDecodeError("the prompt set is empty")
+    last_seed = config.seed + len(prompts) - 1  # prompt i samples with seed + i
+    if config.seed < 0 or last_seed > MAX_SEED:
+        raise SpecDecodeError(
+            f"--seed must be a whole number from 0 to 2**64-1 (prompt i uses seed + i, "
+            f"{len(prompts)} prompts), got {config.seed}"
+        )
     out_path = Path(config.out) if config.out else None
     if out_path is not None:
-        if out_path.suffix != ".json":
-            raise SpecDecodeError(f"--out must name a .json file, got {out_path}")
-        if out_path.parent and not out_path.parent.exists():
-            raise SpecDecodeError(f"the folder for --out does not exist: {out_path.parent}")
+        check_out_path(out_path, plots=config.plots)
 
     if target is None:
         from specdecode.models.loader import load_model

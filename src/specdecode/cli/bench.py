@@ -21,8 +21,9 @@ interleaved prompt by prompt in a rotating order.
 
 Writes FILE.json (summary, categories, per-prompt figures, meta), FILE.md and the plots
 FILE-speedup.png, FILE-accept.png and FILE-latency.png (when a latency calibration is cached;
-see `specdecode calibrate`). The JSON is rewritten after each prompt; Ctrl-C keeps what was
-gathered, marked "interrupted": true."""
+see `specdecode calibrate`). The JSON is rewritten after each prompt; Ctrl-C or SIGTERM keeps
+what was gathered, marked "interrupted": true (exit status 130 after Ctrl-C, 143 after SIGTERM).
+--out is checked for writing (a probe file beside it) before the first prompt runs."""
 
 EPILOG = """\
 examples:
@@ -259,14 +260,17 @@ def run(args) -> int:
         return 0
 
     from specdecode.bench.runner import run_bench
+    from specdecode.cli import Terminated, terminate_as_interrupt
 
     config = config_from_args(args)
     set_threads(args.threads)
-    outcome = run_bench(config)
+    with terminate_as_interrupt() as term:  # SIGTERM saves the partial run as Ctrl-C does
+        outcome = run_bench(config)
     print(_summary_table(outcome.result))
     if outcome.files:
         print("wrote " + ", ".join(str(f) for f in outcome.files))
     if outcome.interrupted:
-        print("interrupted: the files hold the prompts finished before the stop", file=sys.stderr)
-        return 130
+        how = Terminated.message if term.received else "interrupted"
+        print(f"{how}: the files hold the prompts finished before the stop", file=sys.stderr)
+        return Terminated.exit_status if term.received else 130
     return 0
