@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from specdecode.cost import (
     LatencyCurve,
@@ -64,14 +65,23 @@ def test_calibrate_tiny_model(tiny_llama):
     assert c.device_name
 
 
+def hf_greedy(lm, prompt, n):
+    x = torch.tensor([prompt])
+    out = lm.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False,
+                            eos_token_id=None, pad_token_id=0)  # fmt: skip
+    return out[0, len(prompt) :].tolist()
+
+
 def test_calibrate_leaves_the_model_usable(tiny_llama):
     # calibration goes through its own Target; the model itself keeps no state
-    calibrate(tiny_llama, ns=[1, 3], repeats=1, context_len=8)
     from specdecode.engine import build_decoder
     from specdecode.sampling import SamplingConfig
 
-    r = build_decoder("ar", tiny_llama).generate_ids([3, 4, 5], max_new_tokens=4, sampling=SamplingConfig())
-    assert r.new_tokens >= 1
+    before = build_decoder("ar", tiny_llama).generate_ids([3, 4, 5], max_new_tokens=12).token_ids
+    calibrate(tiny_llama, ns=[1, 3], repeats=1, context_len=8)
+    r = build_decoder("ar", tiny_llama).generate_ids([3, 4, 5], max_new_tokens=12, sampling=SamplingConfig())
+    assert r.token_ids == before  # the same output as before calibrating
+    assert r.token_ids == hf_greedy(tiny_llama, [3, 4, 5], 12)[: len(r.token_ids)]  # (it may stop at EOS)
 
 
 def test_load_or_calibrate_caches(tiny_llama, tmp_path, monkeypatch):

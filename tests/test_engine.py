@@ -1,5 +1,7 @@
 """The decoding loop: lossless greedy with scripted drafters, stopping, streaming, errors."""
 
+import time
+
 import pytest
 import torch
 
@@ -154,9 +156,24 @@ def test_unknown_method(lm):
         build_decoder("nope", lm)
 
 
+class Sleepy(Drafter):
+    """Proposes nothing, but takes 20 ms to draft and 10 ms to learn."""
+
+    def propose(self, tokens, max_depth):
+        time.sleep(0.02)
+        return DraftTree.empty()
+
+    def observe(self, outcome):
+        time.sleep(0.01)
+
+
 def test_phase_seconds_split_the_steps(lm):
-    r = build_decoder("pld", lm).generate_ids([3, 5, 7, 3, 5, 7, 3, 5], max_new_tokens=24)
+    r = Decoder("sleepy", lm, Sleepy()).generate_ids([3, 5, 7, 3, 5, 7, 3, 5], max_new_tokens=11)
     assert set(r.phase_seconds) == {"draft", "forward", "verify", "learn"}
-    assert all(v >= 0 for v in r.phase_seconds.values())
-    assert r.phase_seconds["forward"] > 0
+    assert r.steps == 10
+    # each phase is charged to its own bucket: 9 proposals of 20 ms (the last step has no room
+    # for a draft) and 10 observations of 10 ms
+    assert 0.18 <= r.phase_seconds["draft"] < 0.18 + 1.0
+    assert 0.1 <= r.phase_seconds["learn"] < r.phase_seconds["draft"]
+    assert r.phase_seconds["forward"] > 0 and r.phase_seconds["verify"] > 0
     assert sum(r.phase_seconds.values()) <= r.seconds

@@ -32,10 +32,19 @@ def test_a_path_proposed_by_two_sources_is_one_node(peaky):
     assert pld.tokens[0] == 7 and 7 in [t for t, p in zip(aded.tokens, aded.parents, strict=True) if p < 0]
     for source in drafter.sources:
         source.begin(tokens, SamplingConfig())
+    merged = drafter.candidates(tokens, 4)
+    sevens = [
+        i for i, (t, p) in enumerate(zip(merged.tokens, merged.parents, strict=True)) if p < 0 and t == 7
+    ]
+    assert len(sevens) == 1
+    assert {s for s, _ in merged.tags[sevens[0]]} == {0, 1}  # both sources own it
+    assert merged.probs[sevens[0]] == max(
+        pld.probs[0], max(p for t, p in zip(aded.tokens, aded.probs) if t == 7)
+    )
+    for source in drafter.sources:
+        source.begin(tokens, SamplingConfig())
     tree = drafter.propose(tokens, 4)
     assert [tree.tokens[c] for c in tree.children(-1)].count(7) == 1
-    seven = [c for c in tree.children(-1) if tree.tokens[c] == 7][0]
-    assert {s for s, _ in drafter._owners[seven]} == {0, 1}  # both sources own it
 
 
 def test_each_source_learns_from_its_own_nodes(peaky):

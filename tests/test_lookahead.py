@@ -66,7 +66,14 @@ def test_repetitive_text_is_accepted_and_trees_branch(peaky):
     assert got.token_ids == ar.generate_ids(prompt, max_new_tokens=60).token_ids
     assert got.mean_accepted > 1.0
     assert not all(shapes), "no proposal branched"
-    assert len(drafter.pool) > 0
+    # The pool keeps the text's n-grams once the prompt is done: each one read off the text
+    # (with its left context) is really in it.
+    text = prompt + got.token_ids
+    grams = {tuple(text[i : i + n]) for n in range(2, len(text)) for i in range(len(text) - n + 1)}
+    from_text = [
+        (f, *rest) for f, d in drafter.pool.map.items() for rest, left in d.items() if left is not None
+    ]
+    assert from_text and all(g in grams for g in from_text)
 
 
 def test_pool_persists_across_prompts_unless_reset(peaky):

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Annotated
 
 import numpy as np
 
 from specdecode.cost import LatencyCurve, read_cached
-from specdecode.registry import Option
+from specdecode.registry import at_least
 
 logger = logging.getLogger(__name__)
 
@@ -178,15 +179,9 @@ class BudgetPolicy:
         return (1.0 + sum(probs_desc[:n])) / (self.step_s[n] + n * draft_cost_per_node)
 
 
-# The options of every tree drafter sized by the policy (``**BUDGET_OPTIONS`` in its registration).
-BUDGET_OPTIONS = {
-    "budget": Option(
-        int, 0, "draft nodes per step (0: chosen each step from the latency curve)", lambda v: v >= 0, ">= 0"
-    ),
-    "max_nodes": Option(
-        int, 64, "most draft nodes per step when chosen automatically", lambda v: v >= 1, ">= 1"
-    ),
-}
+# The options of every drafter sized by the policy (``budget: Budget = 0, max_nodes: MaxNodes = 64``).
+Budget = Annotated[int, "draft nodes per step (0: chosen each step from the latency curve)", at_least(0)]
+MaxNodes = Annotated[int, "most draft nodes per step when chosen automatically", at_least(1)]
 
 
 def policy_for(
@@ -203,3 +198,10 @@ def policy_for(
         curve = fallback_curve()
     costs = ForwardCosts(curve) if adapt else None
     return BudgetPolicy(curve, overhead_s=overhead_s, max_nodes=max_nodes, costs=costs)
+
+
+def nodes_to_score(policy: BudgetPolicy | None, budget: int, probs_desc: Sequence[float]) -> int:
+    """How many of the best candidates (``probs_desc``, descending) to score: a fixed
+    ``budget > 0``, else what ``policy`` chooses (0 means plain decoding this step)."""
+    n = budget if budget > 0 else policy.choose(probs_desc)
+    return min(n, len(probs_desc))

@@ -1,13 +1,48 @@
-"""Methods found by name: one registry, no ``if method == ...`` chains in the decoding loop."""
+"""Methods found by name: one registry, no ``if method == ...`` chains in the decoding loop.
+
+A method is a drafter class registered with :func:`register`. Its options are its
+constructor's keyword parameters, each declared once, in the signature::
+
+    @register("pld", "prompt lookup: ...")
+    class PromptLookup(CandidateDrafter):
+        def __init__(self, ctx, draft_len: Annotated[int, "tokens proposed per step", at_least(1)] = 10): ...
+
+The annotation gives the type, the help text and (optionally) a :class:`Check`; the default
+is the parameter's default. Options shared by several drafters are type aliases declared
+once (e.g. :data:`specdecode.budget.Budget`).
+"""
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from specdecode.errors import SpecDecodeError
+
+
+@dataclass(frozen=True)
+class Check:
+    """A constraint on an option's value, with the words that describe it."""
+
+    test: Callable[[Any], bool]
+    requirement: str  # e.g. ">= 1"
+
+
+def at_least(low: float) -> Check:
+    return Check(lambda v: v >= low, f">= {low}")
+
+
+def in_range(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Check:
+    """``low <= v <= high``, each end open when asked (``in (0, 1]``)."""
+
+    def test(v) -> bool:
+        return (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+
+    return Check(test, f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
 
 
 @dataclass(frozen=True)
@@ -15,8 +50,31 @@ class Option:
     type: type
     default: Any
     help: str
-    check: Callable[[Any], bool] | None = None  # extra validation, e.g. lambda v: v >= 1
+    check: Callable[[Any], bool] | None = None  # extra validation, e.g. at_least(1).test
     requirement: str = ""  # words for the check, e.g. ">= 1"
+
+
+def options_of(cls) -> dict[str, Option]:
+    """The options of drafter class ``cls``: its constructor's parameters after ``ctx``, each
+    annotated ``Annotated[type, "help", Check?]`` with a default."""
+    hints = typing.get_type_hints(cls.__init__, include_extras=True)
+    params = list(inspect.signature(cls.__init__).parameters.values())[2:]  # self, ctx
+    out: dict[str, Option] = {}
+    for param in params:
+        hint = hints.get(param.name)
+        where = f"{cls.__name__}.__init__ parameter {param.name!r}"
+        if typing.get_origin(hint) is not Annotated:
+            raise TypeError(f"{where}: declare it as Annotated[type, 'help', check]")
+        kind, *meta = typing.get_args(hint)
+        helps = [m for m in meta if isinstance(m, str)]
+        checks = [m for m in meta if isinstance(m, Check)]
+        if param.default is inspect.Parameter.empty or len(helps) != 1 or len(checks) > 1:
+            raise TypeError(f"{where}: an option needs a default, one help string and at most one Check")
+        check = checks[0] if checks else None
+        out[param.name] = Option(
+            kind, param.default, helps[0], check.test if check else None, check.requirement if check else ""
+        )
+    return out
 
 
 @dataclass
@@ -36,13 +94,15 @@ _METHODS: dict[str, MethodSpec] = {}
 _LOADED = False
 
 
-def register(name: str, summary: str, *, options: dict[str, Option] | None = None, needs_draft: bool = False):
-    """Class decorator: register a drafter class (constructed as ``cls(ctx, **options)``)."""
+def register(name: str, summary: str, *, needs_draft: bool = False, options: dict | None = None):
+    """Class decorator: register a drafter class (constructed as ``cls(ctx, **options)``, its
+    options read from its constructor: see the module docstring)."""
 
     def wrap(cls):
         if name in _METHODS and _METHODS[name].factory is not cls:
             raise ValueError(f"method {name!r} registered twice")
-        _METHODS[name] = MethodSpec(name, summary, cls, dict(options or {}), needs_draft, cls.__module__)
+        opts = options if options is not None else options_of(cls)  # TRANSITION: draft_model
+        _METHODS[name] = MethodSpec(name, summary, cls, opts, needs_draft, cls.__module__)
         return cls
 
     return wrap

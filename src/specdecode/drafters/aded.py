@@ -22,21 +22,19 @@ decides from the measured latency curve how many are worth scoring. The paper bu
 tri-gram matrix from a large corpus; here it starts empty and learns from the prompts and the
 model's own outputs only (no corpus file).
 
-Measured (SmolLM2-135M, float32, 2-core AMD EPYC, 2 threads, ``specdecode bench --dataset
-spec-bench --n-per-category 10 --max-new-tokens 256``, greedy; benchmarks/cpu-2core-smollm2-135m):
-1.64x hf-ar, 2.44 tokens per forward, output identical to ``ar`` on all 60 prompts.
+Measured figures: benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from typing import Annotated
 
-from specdecode.budget import BUDGET_OPTIONS, policy_for
-from specdecode.drafters._acceptance import AcceptanceRates, judged_children, sort_by_probability
-from specdecode.drafters.base import Candidates, Drafter, StepOutcome
-from specdecode.registry import Option, register
-from specdecode.tree import DraftTree
+from specdecode.budget import Budget, MaxNodes, policy_for
+from specdecode.drafters._estimates import AcceptanceRates, sort_by_probability
+from specdecode.drafters.base import CandidateDrafter, Candidates, StepOutcome
+from specdecode.registry import at_least, in_range, register
 
 # Buckets of an edge's tri-gram probability p (lower bounds); a second set for edges whose
 # context (a, b) was never seen, where only the bigram b -> c speaks.
@@ -117,43 +115,53 @@ def _bucket(p: float, seen: bool) -> int:
     return len(P_BINS) - 1 if seen else 2 * len(P_BINS) - 1
 
 
+class _Node:
+    """A node of the draft search: the edge into it and its search statistics."""
+
+    __slots__ = (
+        "token",
+        "before",
+        "parent",
+        "prob",
+        "depth",
+        "bucket",
+        "visits",
+        "value",
+        "cands",
+        "kids",
+        "closed",
+    )
+
+    def __init__(self, token: int, before: int, parent: int, prob: float, depth: int, bucket: int) -> None:
+        self.token, self.before, self.parent = token, before, parent  # `before`: the token two back
+        self.prob, self.depth, self.bucket = prob, depth, bucket  # path probability; edge's bucket
+        self.visits, self.value = 0, 0.0
+        self.cands: list[tuple[int, float, int]] | None = None  # (token, edge rate, bucket)
+        self.kids: dict[int, int] = {}  # candidate index -> node index
+        self.closed = False  # nothing left to add below this node
+
+
 @register(
     "aded",
     "ADED: adaptive tri-gram statistics of the target's outputs, drafts by Monte Carlo tree search",
-    options={
-        **BUDGET_OPTIONS,
-        "max_depth": Option(int, 10, "deepest draft node", lambda v: v >= 1, ">= 1"),
-        "top": Option(int, 8, "candidate next tokens per context", lambda v: v >= 1, ">= 1"),
-        "keep": Option(int, 16, "entries kept per tri-gram context", lambda v: v >= 1, ">= 1"),
-        "decay": Option(
-            float,
-            0.999,
-            "per-step weight decay of old statistics (1: none)",
-            lambda v: 0 < v <= 1,
-            "in (0, 1]",
-        ),
-        "explore": Option(float, 0.5, "exploration constant of the tree search", lambda v: v >= 0, ">= 0"),
-        "side_weight": Option(
-            float, 0.5, "weight of the target's top-1 after rejected nodes", lambda v: v >= 0, ">= 0"
-        ),
-    },
 )
-class AdaptiveDraftVerification(Drafter):
+class AdaptiveDraftVerification(CandidateDrafter):
     def __init__(
         self,
         ctx,
-        budget: int = 0,
-        max_nodes: int = 64,
-        max_depth: int = 10,
-        top: int = 8,
-        keep: int = 16,
-        decay: float = 0.999,
-        explore: float = 0.5,
-        side_weight: float = 0.5,
+        budget: Budget = 0,
+        max_nodes: MaxNodes = 64,
+        max_depth: Annotated[int, "deepest draft node", at_least(1)] = 10,
+        top: Annotated[int, "candidate next tokens per context", at_least(1)] = 8,
+        keep: Annotated[int, "entries kept per tri-gram context", at_least(1)] = 16,
+        decay: Annotated[
+            float, "per-step weight decay of old statistics (1: none)", in_range(0, 1, low_open=True)
+        ] = 0.999,
+        explore: Annotated[float, "exploration constant of the tree search", at_least(0)] = 0.5,
+        side_weight: Annotated[float, "weight of the target's top-1 after rejected nodes", at_least(0)] = 0.5,
     ) -> None:
         self.model = TrigramModel(keep=keep, decay=decay)
         self.rates = AcceptanceRates(PRIOR_TRIGRAM + PRIOR_BIGRAM, monotone=False)
-        self.budget = budget
         self.max_nodes = budget or max_nodes
         self.max_depth = max_depth
         self.top = top
@@ -161,11 +169,9 @@ class AdaptiveDraftVerification(Drafter):
         self.side_weight = side_weight
         self.policy = None if budget else policy_for(ctx.target, max_nodes=max_nodes)
         self._learned = 0  # tokens[:_learned] are in the statistics
-        self._buckets: list[int] = []  # bucket of each node of the last proposal
         self._last_n = 8
         self._sim_cost = 0.0  # seconds per simulation (running average)
-        self._row_cost = 0.0  # seconds of observe() per scored row (running average)
-        self.expected_accepted = 0.0  # sum of the last tree's node probabilities
+        self._row_cost = 0.0  # seconds of learn() per scored row (running average)
 
     # ---- the drafter contract -------------------------------------------------------------
     def begin(self, prompt_ids, sampling) -> None:
@@ -178,130 +184,97 @@ class AdaptiveDraftVerification(Drafter):
             add(tokens[i - 2], tokens[i - 1], tokens[i])
         self._learned = max(self._learned, len(tokens))
 
-    composable = True
-
     def candidates(self, tokens: list[int], max_depth: int) -> Candidates:
         self._learn(tokens)
         if len(tokens) < 2:
             return Candidates([], [], [], [])
         start = time.perf_counter()
         sims = self.max_nodes if self.policy is None else min(self.max_nodes, 2 * self._last_n + 8)
-        out, parents, probs, buckets = self._search(
-            tokens[-2], tokens[-1], min(self.max_depth, max_depth), sims
+        nodes = self._search(tokens[-2], tokens[-1], min(self.max_depth, max_depth), sims)[1:]
+        # node i (1..) becomes draft node i - 1
+        out, parents, probs, order = sort_by_probability(
+            [n.token for n in nodes], [n.parent - 1 for n in nodes], [n.prob for n in nodes]
         )
-        out, parents, probs, order = sort_by_probability(out, parents, probs)
-        buckets = [buckets[i] for i in order]
+        buckets = [nodes[i].bucket for i in order]
         if sims:
             elapsed = time.perf_counter() - start
             self._sim_cost = 0.9 * self._sim_cost + 0.1 * elapsed / sims
-        # Per scored node: about two simulations of search and the node's share of observe().
+        # Per scored node: about two simulations of search and the node's share of learn().
         return Candidates(out, parents, probs, buckets, 2 * self._sim_cost + self._row_cost)
 
     def chosen(self, n: int) -> None:
         self._last_n = n
 
-    def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
-        c = self.candidates(tokens, max_depth)
-        out, parents, probs, buckets = c.tokens, c.parents, c.probs, c.tags
-        if self.policy is not None:
-            n = self.policy.choose(probs, draft_cost_per_node=c.cost_per_node)
-            del out[n:], parents[n:], buckets[n:]
-            self.chosen(n)
-        self._buckets = buckets
-        self.expected_accepted = sum(probs[: len(buckets)])  # the estimate the tree was sized by
-        return DraftTree(out, parents)
-
-    def _search(self, a: int, b: int, depth_cap: int, sims: int):
+    def _search(self, a: int, b: int, depth_cap: int, sims: int) -> list[_Node]:
         """Monte Carlo tree search: each simulation adds one node. Index 0 is the root."""
-        model, top, rates, c_explore = self.model, self.top, self.rates.rates, self.explore
-        # Per node: token, parent, context token before it, path probability, depth,
-        # visits, total value, candidates [(token, edge rate, bucket)], expanded children.
-        tok = [b]
-        before = [a]
-        parent = [-1]
-        prob = [1.0]
-        depth = [0]
-        visits = [0]
-        value = [0.0]
-        cands: list[list[tuple[int, float, int]] | None] = [None]
-        kids: list[dict[int, int]] = [{}]
-        closed = [False]  # nothing left to add below this node
-        bucket = [-1]  # the acceptance bucket of the edge into each node
+        nodes = [_Node(b, a, -1, 1.0, 0, -1)]
         tries = 0
-        while len(tok) - 1 < sims and not closed[0] and tries < 4 * sims + 8:
+        while len(nodes) - 1 < sims and not nodes[0].closed and tries < 4 * sims + 8:
             tries += 1
             s = 0
             while True:
-                if cands[s] is None:
-                    found, seen = model.candidates(before[s], tok[s], top)
-                    cands[s] = [(c, rates[bk], bk) for c, p in found for bk in (_bucket(p, seen),)]
-                best, best_score = -1, -1.0
-                bonus = c_explore * math.sqrt(visits[s] + 1)
-                for i, (_, rate, _) in enumerate(cands[s]):
-                    child = kids[s].get(i)
-                    if child is None:
-                        score = prob[s] * rate + bonus * rate
-                    elif closed[child]:
-                        continue
-                    else:
-                        score = value[child] / visits[child] + bonus * rate / (1 + visits[child])
-                    if score > best_score:
-                        best, best_score = i, score
+                best = self._select(nodes, s)
                 if best < 0:
-                    closed[s] = True
+                    nodes[s].closed = True
                     break
-                child = kids[s].get(best)
-                if child is not None:
-                    s = child
-                    continue
-                c, rate, bk = cands[s][best]
-                node = len(tok)
-                tok.append(c)
-                before.append(tok[s])
-                parent.append(s)
-                prob.append(prob[s] * rate)
-                depth.append(depth[s] + 1)
-                visits.append(0)
-                value.append(0.0)
-                cands.append(None if depth[s] + 1 < depth_cap else [])
-                kids.append({})
-                closed.append(depth[s] + 1 >= depth_cap)
-                kids[s][best] = node
-                bucket.append(bk)
-                # back up the new node's value along its path
-                v, u = prob[node], node
-                while u >= 0:
-                    visits[u] += 1
-                    value[u] += v
-                    u = parent[u]
-                break
-        # node i (1..) becomes draft node i - 1
-        n = len(tok) - 1
-        out = tok[1:]
-        parents = [parent[i] - 1 for i in range(1, n + 1)]
-        probs = prob[1:]
-        return out, parents, probs, bucket[1:]
+                child = nodes[s].kids.get(best)
+                if child is None:
+                    self._expand(nodes, s, best, depth_cap)
+                    break
+                s = child
+        return nodes
 
-    def observe(self, outcome: StepOutcome) -> None:
-        bk = self._buckets if len(self._buckets) == len(outcome.tree) else None
-        judged = judged_children(outcome.tree, outcome.verdict.path)
-        self.learn(outcome, [(bk[c], ok) for c, ok in judged] if bk else [])
+    def _select(self, nodes: list[_Node], s: int) -> int:
+        """The candidate of node ``s`` with the best PUCT score (-1: all closed)."""
+        node = nodes[s]
+        if node.cands is None:
+            found, seen = self.model.candidates(node.before, node.token, self.top)
+            rates = self.rates.rates
+            node.cands = [(c, rates[bk], bk) for c, p in found for bk in (_bucket(p, seen),)]
+        best, best_score = -1, -1.0
+        bonus = self.explore * math.sqrt(node.visits + 1)
+        for i, (_, rate, _) in enumerate(node.cands):
+            child = node.kids.get(i)
+            if child is None:
+                score = node.prob * rate + bonus * rate
+            elif nodes[child].closed:
+                continue
+            else:
+                kid = nodes[child]
+                score = kid.value / kid.visits + bonus * rate / (1 + kid.visits)
+            if score > best_score:
+                best, best_score = i, score
+        return best
+
+    def _expand(self, nodes: list[_Node], s: int, i: int, depth_cap: int) -> None:
+        """Add candidate ``i`` of node ``s`` and back its value up along its path."""
+        parent = nodes[s]
+        c, rate, bk = parent.cands[i]
+        node = _Node(c, parent.token, s, parent.prob * rate, parent.depth + 1, bk)
+        if node.depth >= depth_cap:
+            node.cands, node.closed = [], True
+        parent.kids[i] = len(nodes)
+        nodes.append(node)
+        u = len(nodes) - 1
+        while u >= 0:
+            nodes[u].visits += 1
+            nodes[u].value += node.prob
+            u = nodes[u].parent
 
     def learn(self, outcome: StepOutcome, judged) -> None:
         start = time.perf_counter()
         tree, logits, verdict = outcome.tree, outcome.logits, outcome.verdict
         model = self.model
         self._learn(outcome.tokens)
-        if len(tree):
-            if self.side_weight > 0:
-                best = logits.argmax(-1).tolist()  # [n + 1]
-                root = outcome.tokens[-len(verdict.tokens) - 1]
-                on_path = set(verdict.path)
-                toks, pars = tree.tokens, tree.parents
-                for i, t in enumerate(toks):
-                    if i not in on_path:
-                        p = pars[i]
-                        model.add(root if p < 0 else toks[p], t, best[i + 1], self.side_weight)
+        if len(tree) and self.side_weight > 0:
+            best = logits.argmax(-1).tolist()  # [n + 1]
+            root = outcome.tokens[-len(verdict.tokens) - 1]
+            on_path = set(verdict.path)
+            toks, pars = tree.tokens, tree.parents
+            for i, t in enumerate(toks):
+                if i not in on_path:
+                    p = pars[i]
+                    model.add(root if p < 0 else toks[p], t, best[i + 1], self.side_weight)
         # Counts decay every step, drafted or not, so rates that fell too low to draft recover.
         self.rates.update(judged)
         model.tick()

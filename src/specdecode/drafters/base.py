@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from specdecode.drafters._estimates import judged_children
 from specdecode.sampling import SamplingConfig
 from specdecode.tree import DraftTree
 
@@ -28,8 +29,8 @@ class MethodContext:
 class StepOutcome:
     """What one verification step produced, for drafters that learn from it."""
 
-    tree: DraftTree
-    logits: torch.Tensor  # [n + 1, vocab]: target logits after the root and after each node
+    tree: DraftTree  # n nodes
+    logits: torch.Tensor  # [n + 1, vocab_size]: target logits after the root and after each node
     verdict: Verdict
     tokens: list[int]  # every committed token after this step (prompt included)
     forward_seconds: float = 0.0  # wall time of the target forward that scored the tree
@@ -99,3 +100,32 @@ class Drafter:
 
     def chosen(self, n: int) -> None:
         """``n`` of the last :meth:`candidates` were scored (a hint for how many to search next)."""
+
+
+class CandidateDrafter(Drafter):
+    """A drafter written as :meth:`candidates` + :meth:`learn`; this base turns them into
+    ``propose`` and ``observe``, the same way for every such drafter.
+
+    One budget rule: with a :attr:`policy` (:class:`specdecode.budget.BudgetPolicy`), the
+    policy chooses how many of the candidates, best first, to score (possibly none: plain
+    decoding this step); without one, every candidate is scored (the drafter caps them itself,
+    e.g. at a fixed ``budget``). :meth:`learn` runs after every step, drafted or not, with the
+    judged nodes' tags, so estimates that fell too low to draft recover.
+    """
+
+    composable = True
+    policy = None  # BudgetPolicy | None
+
+    def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
+        c = self.candidates(tokens, max_depth)
+        n = len(c.tokens)
+        if self.policy is not None:
+            n = self.policy.choose(c.probs, draft_cost_per_node=c.cost_per_node)
+        self.chosen(n)
+        self._proposed = c.tags[:n]  # per generation: assigned at every proposal
+        return DraftTree(c.tokens[:n], c.parents[:n])
+
+    def observe(self, outcome: StepOutcome) -> None:
+        tags = self._proposed
+        judged = judged_children(outcome.tree, outcome.verdict.path)
+        self.learn(outcome, [(tags[node], ok) for node, ok in judged])

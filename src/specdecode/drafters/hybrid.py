@@ -8,28 +8,23 @@ larger of their estimates. The merged nodes are ranked by that probability and t
 the sources compete for the same budget node by node: a long prompt-lookup match wins where
 the text copies the prompt, the tri-gram or recycled rows elsewhere.
 
-Why it pays on a CPU: the forward's cost grows slowly with the number of tokens scored (for
-SmolLM2-135M on 2 cores, scoring 9 tokens costs about 1.35x one token), so a few extra nodes
-from a second source cost little, while a single source often has nothing good to offer.
+Why it pays on a CPU: the forward's cost grows slowly with the number of tokens scored (the
+latency curve of ``specdecode calibrate``), so a few extra nodes from a second source cost little, while a single source often has nothing good to offer.
 After verification each source learns from the nodes it proposed (its acceptance rates) and
 from everything scored (recycled rows, tri-gram statistics).
 
-Measured (SmolLM2-135M, float32, 2-core AMD EPYC, 2 threads, ``specdecode bench --dataset
-spec-bench --n-per-category 10 --max-new-tokens 256``, greedy; benchmarks/cpu-2core-smollm2-135m):
-1.77x hf-ar and 1.28x hf-pld (pld alone 1.69x, aded 1.64x), 2.86 tokens per forward against
-2.20 for pld, output identical to ``ar`` on all 60 prompts. Its steps cost more (113 ms
-against 95 ms for pld: 16 ms more forward for the larger trees, 2.2 ms more drafting,
-verifying and learning), which the extra accepted tokens more than pay for.
+Measured figures: benchmarks/README.md.
 """
 
 from __future__ import annotations
 
-from specdecode.budget import BUDGET_OPTIONS, policy_for
-from specdecode.drafters._acceptance import judged_children, sort_by_probability
-from specdecode.drafters.base import Drafter, StepOutcome
+from typing import Annotated
+
+from specdecode.budget import Budget, MaxNodes, policy_for
+from specdecode.drafters._estimates import sort_by_probability
+from specdecode.drafters.base import CandidateDrafter, Candidates, Drafter, StepOutcome
 from specdecode.errors import SpecDecodeError
-from specdecode.registry import Option, get_method, list_methods, register
-from specdecode.tree import DraftTree
+from specdecode.registry import get_method, list_methods, register
 
 
 def composable_methods() -> list[str]:
@@ -55,24 +50,21 @@ def parse_sources(text: str) -> list[str]:
 @register(
     "hybrid",
     "train-free drafters (pld + aded + recycling) merged into one tree, sized by the latency curve",
-    options={
-        "sources": Option(
-            str, "pld,aded,recycling", "comma-separated drafters to combine: pld, recycling, aded"
-        ),
-        **BUDGET_OPTIONS,
-        "adapt_cost": Option(
-            bool, False, "correct the calibrated latency curve online from the forwards timed while decoding"
-        ),
-    },
 )
-class Hybrid(Drafter):
+class Hybrid(CandidateDrafter):
+    composable = False  # its sources are; a hybrid of hybrids is not offered
+
     def __init__(
         self,
         ctx,
-        sources: str = "pld,aded,recycling",
-        budget: int = 0,
-        adapt_cost: bool = False,
-        max_nodes: int = 64,
+        sources: Annotated[
+            str, "comma-separated drafters to combine: pld, recycling, aded"
+        ] = "pld,aded,recycling",
+        budget: Budget = 0,
+        max_nodes: MaxNodes = 64,
+        adapt_cost: Annotated[
+            bool, "correct the calibrated latency curve online from the forwards timed while decoding"
+        ] = False,
     ) -> None:
         self.names = parse_sources(sources)
         self.sources: list[Drafter] = []
@@ -81,8 +73,6 @@ class Hybrid(Drafter):
             self.sources.append(spec.factory(ctx, **spec.parse_options({})))
         self.budget = budget
         self.policy = None if budget else policy_for(ctx.target, max_nodes=max_nodes, adapt=adapt_cost)
-        self._owners: list[list[tuple[int, object]]] = []  # per node of the last tree: (source, tag)
-        self.expected_accepted = 0.0
 
     def fork(self) -> Hybrid:
         clone = super().fork()
@@ -97,7 +87,9 @@ class Hybrid(Drafter):
         for source in self.sources:
             source.finish()
 
-    def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
+    def candidates(self, tokens: list[int], max_depth: int) -> Candidates:
+        """The sources' candidates merged into one trie, best first; a node's tag lists the
+        ``(source, source's tag)`` of every source that proposed it."""
         out: list[int] = []
         parents: list[int] = []
         probs: list[float] = []
@@ -125,21 +117,21 @@ class Hybrid(Drafter):
         # merged parent's (the maximum): the sorted order is still topological.
         out, parents, probs, order = sort_by_probability(out, parents, probs)
         owners = [owners[i] for i in order]
-        n = self.budget if self.policy is None else self.policy.choose(probs, draft_cost_per_node=cost)
-        del out[n:], parents[n:], owners[n:]
-        for s, source in enumerate(self.sources):
-            source.chosen(sum(1 for o in owners if any(src == s for src, _ in o)))
-        self._owners = owners
-        self.expected_accepted = sum(probs[:n])
-        return DraftTree(out, parents)
+        if self.policy is None:  # a fixed budget
+            del out[self.budget :], parents[self.budget :], probs[self.budget :], owners[self.budget :]
+        self._owners = owners  # per generation: assigned at every proposal
+        return Candidates(out, parents, probs, owners, cost)
 
-    def observe(self, outcome: StepOutcome) -> None:
+    def chosen(self, n: int) -> None:
+        for s, source in enumerate(self.sources):
+            source.chosen(sum(1 for o in self._owners[:n] if any(src == s for src, _ in o)))
+
+    def learn(self, outcome: StepOutcome, judged) -> None:
         if self.policy is not None and self.policy.costs is not None:
             self.policy.costs.record(len(outcome.tree) + 1, outcome.context, outcome.forward_seconds)
-        judged: list[list[tuple[object, bool]]] = [[] for _ in self.sources]
-        if len(self._owners) == len(outcome.tree):
-            for node, ok in judged_children(outcome.tree, outcome.verdict.path):
-                for s, tag in self._owners[node]:
-                    judged[s].append((tag, ok))
-        for source, mine in zip(self.sources, judged, strict=True):
-            source.learn(outcome, mine)
+        mine: list[list[tuple[object, bool]]] = [[] for _ in self.sources]
+        for owners, ok in judged:
+            for s, tag in owners:
+                mine[s].append((tag, ok))
+        for source, judged_here in zip(self.sources, mine, strict=True):
+            source.learn(outcome, judged_here)

@@ -49,10 +49,12 @@ lossless; the Jacobi guesses are argmax predictions in either mode.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from typing import Annotated
 
-from specdecode.drafters._jacobi import EdgeStats, budget_policy, choose_nodes
+from specdecode.budget import Budget, nodes_to_score, policy_for
+from specdecode.drafters._estimates import edge_stats
 from specdecode.drafters.base import Drafter, StepOutcome
-from specdecode.registry import Option, register
+from specdecode.registry import at_least, register
 from specdecode.tree import DraftTree
 
 MAX_STAT_DEPTH = 16  # deeper nodes share the estimate of this depth
@@ -105,43 +107,28 @@ class NgramPool:
 @register(
     "lookahead",
     "lookahead decoding: a Jacobi chain and n-gram pool guesses verified in one tree (no draft model)",
-    options={
-        "window": Option(int, 8, "Jacobi window W: guessed positions", lambda v: v >= 1, ">= 1"),
-        "ngram": Option(int, 5, "n-gram size N of the pool", lambda v: v >= 2, ">= 2"),
-        "guesses": Option(int, 8, "max pool n-grams G verified per step", lambda v: v >= 0, ">= 0"),
-        "text_len": Option(
-            int,
-            8,
-            "tokens guessed after an earlier occurrence of the root in the text",
-            lambda v: v >= 1,
-            ">= 1",
-        ),
-        "budget": Option(
-            int, 0, "max draft nodes per step (0: sized by the latency curve)", lambda v: v >= 0, ">= 0"
-        ),
-        "pool_cap": Option(int, 16, "n-grams kept per first token", lambda v: v >= 1, ">= 1"),
-        "reset_pool": Option(bool, False, "clear the n-gram pool at each prompt"),
-    },
 )
 class Lookahead(Drafter):
     def __init__(
         self,
         ctx,
-        window: int = 8,
-        ngram: int = 5,
-        guesses: int = 8,
-        text_len: int = 8,
-        budget: int = 0,
-        pool_cap: int = 16,
-        reset_pool: bool = False,
+        window: Annotated[int, "Jacobi window W: guessed positions", at_least(1)] = 8,
+        ngram: Annotated[int, "n-gram size N of the pool", at_least(2)] = 5,
+        guesses: Annotated[int, "max pool n-grams G verified per step", at_least(0)] = 8,
+        text_len: Annotated[
+            int, "tokens guessed after an earlier occurrence of the root in the text", at_least(1)
+        ] = 8,
+        budget: Budget = 0,
+        pool_cap: Annotated[int, "n-grams kept per first token", at_least(1)] = 16,
+        reset_pool: Annotated[bool, "clear the n-gram pool at each prompt"] = False,
     ) -> None:
         self.W, self.N, self.G = window, ngram, guesses
         self.L = max(text_len, ngram - 1)
         self.budget = budget
         self.reset_pool = reset_pool
-        self.policy = budget_policy(ctx.target) if budget == 0 else None
+        self.policy = policy_for(ctx.target) if budget == 0 else None
         self.pool = NgramPool(ngram, pool_cap)
-        self.stats = EdgeStats()
+        self.stats = edge_stats()
         self._begin()
 
     def _begin(self) -> None:
@@ -217,7 +204,7 @@ class Lookahead(Drafter):
             prob.append(edge * (1.0 if p < 0 else prob[p]))
         # Ties go to the lower index, so a parent (prob >= its children's) always comes first.
         order = sorted(range(len(t_tok)), key=lambda i: (-prob[i], i))
-        n = choose_nodes(self.policy, self.budget, [prob[i] for i in order])
+        n = nodes_to_score(self.policy, self.budget, [prob[i] for i in order])
         keep = sorted(order[:n])
         new = {old: k for k, old in enumerate(keep)}
         tree = DraftTree([t_tok[i] for i in keep], [new.get(t_par[i], -1) for i in keep])
@@ -336,7 +323,7 @@ class Lookahead(Drafter):
                 if pars[i] in matched and deps[i] <= known:
                     hit = t == tokens[r + deps[i]]
                     for key in keys[i]:
-                        self.stats.update(key, hit)
+                        self.stats.record(key, hit)
                     if hit:
                         matched.add(i)
         self.pending = keep

@@ -11,11 +11,15 @@ proposal costs a dictionary look-up, not a scan of the context.
 
 from __future__ import annotations
 
-from specdecode.drafters._acceptance import AcceptanceRates, judged_children
-from specdecode.drafters.base import Candidates, Drafter
+import itertools
+import operator
+from typing import Annotated
+
+from specdecode.budget import policy_for
+from specdecode.drafters._estimates import AcceptanceRates
+from specdecode.drafters.base import CandidateDrafter, Candidates
 from specdecode.errors import SpecDecodeError
-from specdecode.registry import Option, register
-from specdecode.tree import DraftTree
+from specdecode.registry import at_least, register
 
 
 class NgramIndex:
@@ -47,36 +51,25 @@ class NgramIndex:
         return [], 0
 
 
-@register(
-    "pld",
-    "prompt lookup: copy what followed the last n-gram's previous occurrence (no draft model)",
-    options={
-        "draft_len": Option(int, 10, "tokens proposed per step", lambda v: v >= 1, ">= 1"),
-        "ngram_max": Option(int, 3, "longest n-gram matched", lambda v: v >= 1, ">= 1"),
-        "ngram_min": Option(int, 1, "shortest n-gram matched", lambda v: v >= 1, ">= 1"),
-        "adaptive": Option(
-            bool, True, "cut drafts to the length the cost curve and acceptance so far pay for"
-        ),
-    },
-)
-class PromptLookup(Drafter):
+@register("pld", "prompt lookup: copy what followed the last n-gram's previous occurrence (no draft model)")
+class PromptLookup(CandidateDrafter):
     def __init__(
-        self, ctx, draft_len: int = 10, ngram_max: int = 3, ngram_min: int = 1, adaptive: bool = True
+        self,
+        ctx,
+        draft_len: Annotated[int, "tokens proposed per step", at_least(1)] = 10,
+        ngram_max: Annotated[int, "longest n-gram matched", at_least(1)] = 3,
+        ngram_min: Annotated[int, "shortest n-gram matched", at_least(1)] = 1,
+        adaptive: Annotated[
+            bool, "cut drafts to the length the cost curve and acceptance so far pay for"
+        ] = True,
     ) -> None:
         if ngram_min > ngram_max:
             raise SpecDecodeError(f"pld: ngram_min ({ngram_min}) must not exceed ngram_max ({ngram_max})")
         self.draft_len = draft_len
         self.index = NgramIndex(list(range(ngram_min, ngram_max + 1)))
-        self.policy = None
-        if adaptive:
-            from specdecode.budget import policy_for
-
-            self.policy = policy_for(ctx.target, max_nodes=draft_len)
-            # P(draft token i accepted | token i - 1 accepted), per matched n-gram length
-            self.rates = {n: AcceptanceRates([0.6] * draft_len, monotone=False) for n in self.index.sizes}
-        self._matched = 0
-
-    composable = True
+        self.policy = policy_for(ctx.target, max_nodes=draft_len) if adaptive else None
+        # P(draft token i accepted | token i - 1 accepted), per matched n-gram length
+        self.rates = {n: AcceptanceRates([0.6] * draft_len, monotone=False) for n in self.index.sizes}
 
     def begin(self, prompt_ids, sampling) -> None:
         self.index = NgramIndex(self.index.sizes)  # per generation (the rates are shared)
@@ -84,38 +77,16 @@ class PromptLookup(Drafter):
     def candidates(self, tokens: list[int], max_depth: int) -> Candidates:
         self.index.update(tokens)
         draft, matched = self.index.lookup(tokens, min(self.draft_len, max_depth))
-        self._matched = matched
-        probs, p = [], 1.0
-        if draft and self.policy is not None:
-            for r in self.rates[matched].rates[: len(draft)]:
-                p *= r
-                probs.append(p)
-        else:
+        if self.policy is None or not draft:
             probs = [1.0] * len(draft)
+        else:
+            probs = list(itertools.accumulate(self.rates[matched].rates[: len(draft)], operator.mul))
         tags = [(matched, i) for i in range(len(draft))]
         return Candidates(draft, list(range(-1, len(draft) - 1)), probs, tags)
 
-    def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
-        c = self.candidates(tokens, max_depth)
-        draft = c.tokens
-        if draft and self.policy is not None:
-            # at least one token, so that a poor estimate can still recover
-            draft = draft[: max(1, self.policy.choose(c.probs))]
-        return DraftTree.chain(draft)
-
-    def observe(self, outcome) -> None:
-        if len(outcome.tree):
-            m = self._matched
-            self.learn(
-                outcome, [((m, i), ok) for i, ok in judged_children(outcome.tree, outcome.verdict.path)]
-            )
-
     def learn(self, outcome, judged) -> None:
-        # P(draft token i accepted | token i - 1 accepted), per matched n-gram length
-        if self.policy is None:
-            return
-        by_match: dict[int, list[tuple[int, bool]]] = {}
+        by_match: dict[int, list[tuple[int, bool]]] = {n: [] for n in self.rates}
         for (m, i), ok in judged:
-            by_match.setdefault(m, []).append((i, ok))
+            by_match[m].append((i, ok))
         for m, outcomes in by_match.items():
             self.rates[m].update(outcomes)

@@ -19,11 +19,8 @@ empty rows so the first prompt gets some drafts. It persists across prompts of a
 can be saved to and loaded from a safetensors file (``matrix_file=PATH``, or ``persist=true``
 for ``cache_dir()/recycling/<model key>.safetensors``).
 
-Measured (SmolLM2-135M, float32, 2-core AMD EPYC, 2 threads, ``specdecode bench --dataset
-spec-bench --n-per-category 10 --max-new-tokens 256``, greedy, matrix starting empty;
-benchmarks/cpu-2core-smollm2-135m): 1.28x hf-ar, 1.96 tokens per forward, output identical to
-``ar`` on all 60 prompts. On a CPU the
-policy scores few nodes (about 3 to 8); the matrix pays most once warm (``persist=true``).
+On a CPU the policy scores few nodes; the matrix pays most once warm (``persist=true``).
+Measured figures: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -33,16 +30,16 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 
-from specdecode.budget import BUDGET_OPTIONS, policy_for
-from specdecode.drafters._acceptance import AcceptanceRates, judged_children
-from specdecode.drafters.base import Candidates, Drafter, StepOutcome
+from specdecode.budget import Budget, MaxNodes, policy_for
+from specdecode.drafters._estimates import AcceptanceRates
+from specdecode.drafters.base import CandidateDrafter, Candidates, StepOutcome
 from specdecode.errors import SpecDecodeError
-from specdecode.registry import Option, register
-from specdecode.tree import DraftTree
+from specdecode.registry import at_least, register
 
 FORMAT = "specdecode-recycling"
 FORMAT_VERSION = "1"
@@ -74,41 +71,32 @@ def default_matrix_path(model_key: str) -> Path:
 @register(
     "recycling",
     "Token Recycling: a [vocab, k] matrix of the target's top-k next tokens, from every scored node",
-    options={
-        "k": Option(int, 8, "next tokens kept per token (the matrix's width)", lambda v: v >= 1, ">= 1"),
-        **BUDGET_OPTIONS,
-        "max_depth": Option(int, 16, "deepest draft node", lambda v: v >= 1, ">= 1"),
-        "matrix_file": Option(str, "", "safetensors file to load the matrix from and save it to"),
-        "persist": Option(bool, False, "load and save the matrix in the cache folder, one file per model"),
-        "save_every": Option(
-            int, 256, "with a file: save after this many steps (also on EOS)", lambda v: v >= 1, ">= 1"
-        ),
-    },
 )
-class TokenRecycling(Drafter):
+class TokenRecycling(CandidateDrafter):
     def __init__(
         self,
         ctx,
-        k: int = 8,
-        budget: int = 0,
-        max_nodes: int = 64,
-        max_depth: int = 16,
-        matrix_file: str = "",
-        persist: bool = False,
-        save_every: int = 256,
+        k: Annotated[int, "next tokens kept per token (the matrix's width)", at_least(1)] = 8,
+        budget: Budget = 0,
+        max_nodes: MaxNodes = 64,
+        max_depth: Annotated[int, "deepest draft node", at_least(1)] = 16,
+        matrix_file: Annotated[str, "safetensors file to load the matrix from and save it to"] = "",
+        persist: Annotated[bool, "load and save the matrix in the cache folder, one file per model"] = False,
+        save_every: Annotated[
+            int, "with a file: save after this many steps (also on EOS)", at_least(1)
+        ] = 256,
     ) -> None:
         loaded = ctx.target
         self.model_key = str(loaded.key)
         self.vocab = output_vocab_size(loaded)
         self.k = min(k, self.vocab)
-        self.budget = budget
         self.max_depth = max_depth
         self.save_every = save_every
         self.eos = set(loaded.eos_token_ids)
         # [vocab, k] int32, -1 = empty; rows fill left to right, entries of a row are distinct.
         # Kept in numpy: row reads in the hot path are cheap and inference mode does not apply.
         self.rows = np.full((self.vocab, self.k), -1, dtype=np.int32)
-        self.seeded = np.zeros(self.vocab, dtype=bool)  # rows filled from prompt bigrams only
+        self.seeded = np.zeros(self.vocab, dtype=bool)  # [vocab]: rows filled from prompt bigrams only
         # Acceptance rates by bucket: rank j in a row the target filled is bucket j, rank j in a
         # seeded row bucket k + j (seeded rows are much worse guesses).
         prior = [PRIOR_RATES[min(j, len(PRIOR_RATES) - 1)] for j in range(self.k)]
@@ -125,10 +113,8 @@ class TokenRecycling(Drafter):
             self.path = default_matrix_path(self.model_key)
             if self.path.exists():
                 self.load(self.path, strict=False)
-        self._buckets: list[int] = []  # acceptance bucket of each node of the last proposal
         self._unsaved = 0
-        self._row_cost = 0.0  # seconds of observe() work per scored row (running average)
-        self.expected_accepted = 0.0  # sum of the last tree's node probabilities
+        self._row_cost = 0.0  # seconds of learn() work per scored row (running average)
 
     @property
     def matrix(self) -> torch.Tensor:
@@ -155,8 +141,6 @@ class TokenRecycling(Drafter):
                     row[j] = b
                     self.seeded[a] = True
                     break
-
-    composable = True
 
     def candidates(self, tokens: list[int], max_depth: int) -> Candidates:
         rows, rates, seeded = self.rows, self.rates.rates, self.seeded
@@ -199,21 +183,6 @@ class TokenRecycling(Drafter):
                     heapq.heappush(heap, (neg_p * rates[cb], tie, node, -neg_p, cb, child, depth + 1))
         # Each scored node also costs its row's top-k in observe(): measured, per node.
         return Candidates(out_tokens, parents, probs, buckets, self._row_cost)
-
-    def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
-        c = self.candidates(tokens, max_depth)
-        out_tokens, parents, probs, buckets = c.tokens, c.parents, c.probs, c.tags
-        if self.policy is not None:
-            n = self.policy.choose(probs, draft_cost_per_node=c.cost_per_node)
-            del out_tokens[n:], parents[n:], buckets[n:]
-        self._buckets = buckets
-        self.expected_accepted = sum(probs[: len(buckets)])  # the estimate the tree was sized by
-        return DraftTree(out_tokens, parents)
-
-    def observe(self, outcome: StepOutcome) -> None:
-        tree, verdict = outcome.tree, outcome.verdict
-        bk = self._buckets if len(self._buckets) == len(tree) else None
-        self.learn(outcome, [(bk[c], ok) for c, ok in judged_children(tree, verdict.path)] if bk else [])
 
     def learn(self, outcome: StepOutcome, judged) -> None:
         tree, logits, verdict = outcome.tree, outcome.logits, outcome.verdict

@@ -31,11 +31,14 @@ or a fixed ``budget``.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 
-from specdecode.drafters._jacobi import EdgeStats, budget_policy, choose_nodes
+from specdecode.budget import Budget, nodes_to_score, policy_for
+from specdecode.drafters._estimates import edge_stats
 from specdecode.drafters.base import Drafter, StepOutcome
-from specdecode.registry import Option, register
+from specdecode.registry import at_least, register
 from specdecode.sampling import SamplingConfig, target_probs
 from specdecode.tree import DraftTree
 
@@ -43,22 +46,21 @@ from specdecode.tree import DraftTree
 @register(
     "sjd",
     "speculative Jacobi decoding: sampled Jacobi guesses, accepted with min(1, p/q); lossless (no draft model)",
-    options={
-        "window": Option(int, 8, "Jacobi window: guessed positions", lambda v: v >= 1, ">= 1"),
-        "budget": Option(
-            int, 0, "max guesses scored per step (0: sized by the latency curve)", lambda v: v >= 0, ">= 0"
-        ),
-    },
 )
 class SpeculativeJacobi(Drafter):
-    def __init__(self, ctx, window: int = 8, budget: int = 0) -> None:
+    def __init__(
+        self,
+        ctx,
+        window: Annotated[int, "Jacobi window: guessed positions", at_least(1)] = 8,
+        budget: Budget = 0,
+    ) -> None:
         self.W = window
         self.budget = budget
         self.device = ctx.target.device
         head = ctx.target.model.get_output_embeddings()
         self.vocab = int(getattr(head, "out_features", 0) or ctx.target.model.config.vocab_size)
-        self.policy = budget_policy(ctx.target) if budget == 0 else None
-        self.stats = EdgeStats()
+        self.policy = policy_for(ctx.target) if budget == 0 else None
+        self.stats = edge_stats()
         self.cfg = SamplingConfig()
         self.gen: torch.Generator | None = None
         self._reset()
@@ -88,7 +90,7 @@ class SpeculativeJacobi(Drafter):
         for d in range(1, limit + 1):
             acc *= self.stats.get(d)
             probs.append(acc)
-        m = choose_nodes(self.policy, self.budget, probs)
+        m = nodes_to_score(self.policy, self.budget, probs)
         self._scored = m
         q = None if self.q is None else self.q[:m]
         return DraftTree.chain(self.window[:m], draft_probs=q)
@@ -117,11 +119,11 @@ class SpeculativeJacobi(Drafter):
         if self.window:
             x = self.window[0]
             if p is None:
-                self.stats.update(1, int(rows[0].argmax()) == x)
+                self.stats.record(1, int(rows[0].argmax()) == x)
             else:
-                self.stats.update(1, min(1.0, float(p[0, x]) / max(float(self.q[0, x]), 1e-30)))
+                self.stats.record(1, min(1.0, float(p[0, x]) / max(float(self.q[0, x]), 1e-30)))
         for d in range(2, min(accepted + 1, m) + 1):
-            self.stats.update(d, d <= accepted)
+            self.stats.record(d, d <= accepted)
 
         if p is None:
             new = rows.argmax(-1).tolist()
