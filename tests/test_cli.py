@@ -198,3 +198,17 @@ def test_broken_pipe_is_quiet(capsys, monkeypatch):
     monkeypatch.setattr(cli, "build_parser", lambda: parser)
     code, out, err = run(capsys, "methods")
     assert code == 141 and out == "" and err == ""
+
+
+def test_a_seed_gives_one_text_whatever_the_method(capsys, tiny_folder, monkeypatch, tmp_path):
+    monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path))
+    texts = {}
+    for method in ["ar", "pld", "recycling", "lookahead"]:
+        argv = ["generate", "--model", str(tiny_folder), "--raw", "--json", "--method", method]
+        argv += ["--temperature", "1", "--seed", "7", "--max-new-tokens", "20", "t1 t2 t3 t1 t2"]
+        code, out, err = run(capsys, *argv)
+        assert code == 0, err
+        texts[method] = json.loads(out)["token_ids"]
+    assert len({tuple(t) for t in texts.values()}) == 1
+    code, out, _ = run(capsys, *argv[:-1], "--coupling", "residual", "t1 t2 t3 t1 t2")
+    assert code == 0 and json.loads(out)["finish_reason"] in ("eos", "length")

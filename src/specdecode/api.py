@@ -69,7 +69,9 @@ def _stop_list(stop) -> list[str]:
     raise SpecDecodeError(f"stop must be a string or a list of strings, got {stop!r}")
 
 
-def _prepare(prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed):
+def _prepare(
+    prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed, coupling
+):
     if not isinstance(prompt, str):
         hint = (
             " (decode it first, e.g. prompt.decode('utf-8'))"
@@ -77,7 +79,7 @@ def _prepare(prompt, method, model, draft, options, device, dtype, raw, temperat
             else ""
         )
         raise SpecDecodeError(f"the prompt must be a str, got {type(prompt).__name__}{hint}")
-    sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, coupling=coupling)
     decoder = get_decoder(method, model, draft=draft, options=options, device=device, dtype=dtype)
     return decoder, decoder.loaded.encode_prompt(prompt, raw=raw), sampling
 
@@ -94,6 +96,7 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     seed: int | None = None,
+    coupling: str = "auto",
     stop: str | list[str] | None = None,
     raw: bool = False,
     device: str | None = "auto",
@@ -101,7 +104,7 @@ def generate(
 ) -> GenerationResult:
     """Generate a reply to ``prompt``; returns the text with its figures (tokens/s, mean accepted...)."""
     decoder, ids, sampling = _prepare(
-        prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed
+        prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed, coupling
     )
     return decoder.generate_ids(ids, max_new_tokens=max_new_tokens, sampling=sampling, stop=_stop_list(stop))
 
@@ -118,6 +121,7 @@ def stream(
     top_k: int = 0,
     top_p: float = 1.0,
     seed: int | None = None,
+    coupling: str = "auto",
     stop: str | list[str] | None = None,
     raw: bool = False,
     device: str | None = "auto",
@@ -125,6 +129,6 @@ def stream(
 ) -> Iterator[Response]:
     """Yield :class:`Response` pieces (text delta, token ids, finish reason on the last)."""
     decoder, ids, sampling = _prepare(
-        prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed
+        prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed, coupling
     )
     yield from decoder.stream(ids, max_new_tokens=max_new_tokens, sampling=sampling, stop=_stop_list(stop))

@@ -65,6 +65,7 @@ class BenchConfig:
     top_k: int = 0
     top_p: float = 1.0
     seed: int = 0  # sampling seed (per prompt: seed + prompt index); unused when greedy
+    coupling: str = "residual"  # how sampling draws (see specdecode.sampling); residual: the papers'
     device: str = "auto"
     dtype: str | None = None
     out: str | Path | None = "bench-results.json"
@@ -480,7 +481,9 @@ def run_bench(
         raise SpecDecodeError(f"--max-new-tokens must be >= 1, got {config.max_new_tokens}")
     if config.warmup < 0:
         raise SpecDecodeError(f"--warmup must be >= 0, got {config.warmup}")
-    sampling_base = SamplingConfig(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
+    sampling_base = SamplingConfig(
+        temperature=config.temperature, top_k=config.top_k, top_p=config.top_p, coupling=config.coupling
+    )
     if prompts is None:
         prompts = load_prompts(
             dataset=config.dataset,
@@ -564,6 +567,7 @@ def run_bench(
         "top_k": config.top_k,
         "top_p": config.top_p,
         "seed": config.seed if not greedy else None,
+        "coupling": config.coupling if not greedy else None,
         "raw": config.raw,
         "warmup": config.warmup,
         "baseline": baseline,
@@ -594,7 +598,9 @@ def run_bench(
         # ---- warm-up: fixed prompts, every method, not counted
         warm = [target.encode_prompt(t, raw=config.raw) for t in WARMUP_PROMPTS[: config.warmup]]
         warm += [ids for _, ids in encoded[: max(0, config.warmup - len(warm))]]
-        warm_sampling = SamplingConfig(config.temperature, config.top_k, config.top_p, config.seed)
+        warm_sampling = SamplingConfig(
+            config.temperature, config.top_k, config.top_p, config.seed, coupling=config.coupling
+        )
         if warm:
             wbar = tqdm(
                 total=len(warm) * len(methods),
@@ -630,7 +636,11 @@ def run_bench(
         for turn, i in enumerate(order):
             prompt, ids = encoded[i]
             sampling = SamplingConfig(
-                config.temperature, config.top_k, config.top_p, None if greedy else config.seed + i
+                config.temperature,
+                config.top_k,
+                config.top_p,
+                None if greedy else config.seed + i,
+                coupling=config.coupling,
             )
             done: dict[str, PromptRecord] = {}
             for m in rotation(methods, turn):

@@ -124,6 +124,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0, help="top-p when sampling (1: off)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (prompt i uses seed + i)")
     g.add_argument(
+        "--coupling",
+        choices=["residual", "gumbel"],
+        default="residual",
+        help="how sampling draws: residual (default; speculative sampling as in the papers) or gumbel "
+        "(the seed-keyed Gumbel-max coupling: every method gives ar's text)",
+    )
+    g.add_argument(
         "--tie-tolerance",
         type=float,
         default=None,
@@ -201,6 +208,7 @@ def config_from_args(args):
         top_k=args.top_k,
         top_p=args.top_p,
         seed=args.seed,
+        coupling=args.coupling,
         device=args.device,
         dtype=args.dtype,
         out=args.out,

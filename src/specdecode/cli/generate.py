@@ -59,7 +59,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (1 = off)")
-    p.add_argument("--seed", type=int, default=None, help="random seed for sampling (0 to 2**64-1)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="random seed for sampling (0 to 2**64-1): the same seed gives the same text with every method",
+    )
+    p.add_argument(
+        "--coupling",
+        choices=["auto", "residual", "gumbel"],
+        default="auto",
+        help="how sampling draws: gumbel (the default with --seed) makes the text depend on the seed alone; "
+        "residual (the default without) is speculative sampling as in the papers",
+    )
     p.add_argument(
         "--stop",
         action="append",
@@ -162,7 +174,13 @@ def _check(args) -> None:
     for s in args.stop:
         check_text(s, f"--stop {s!r}")
     # the library's own checks (e.g. a temperature too small to sample with), still before loading
-    SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    SamplingConfig(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        coupling=args.coupling,
+    )
 
 
 def run(args) -> int:
@@ -184,7 +202,7 @@ def run(args) -> int:
     kwargs = dict(
         model=args.model, method=args.method, draft=args.draft, options=options,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, seed=args.seed, stop=args.stop or None, raw=args.raw,
+        top_p=args.top_p, seed=args.seed, coupling=args.coupling, stop=args.stop or None, raw=args.raw,
         device=args.device, dtype=args.dtype,
     )  # fmt: skip
     if args.json:
