@@ -66,13 +66,10 @@ class ForwardCosts:
     timings come from :class:`specdecode.drafters.base.StepOutcome` (``forward_seconds``,
     ``context``): the drafter that owns the policy records them in its ``observe``.
 
-    Opt-in (``hybrid`` with ``adapt_cost=true``), because it did not pay on the CPU it was
-    measured on: SmolLM2-135M, 2-core EPYC, 2 threads, 8 Spec-Bench prompts (mt_bench,
-    summarization, qa, rag; 256 new tokens; interleaved with a fixed-curve ``hybrid`` in one
-    process), it chose smaller trees (7.9 against 8.5 nodes per step) at the same forward time
-    (about 100 ms per step either way) and ran at 1.68x ``ar`` against 1.77x for the fixed
-    curve. In that range of n the forward's cost hardly depends on n, so what the fit
-    attributes to the extra nodes is mostly noise.
+    Opt-in (``hybrid`` with ``adapt_cost=true``): where the forward's cost hardly depends on
+    the number of tokens scored, what the fit attributes to extra nodes is mostly noise, and it
+    did not pay in the A/B measured on the 2-core CPU (``scripts/ab_adapt_cost.py``; figures
+    in benchmarks/README.md).
     """
 
     def __init__(self, curve, *, decay: float = 0.97, ridge: float = 2.0, refit: int = 8) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from specdecode.detokenize import IncrementalDetokenizer
 from specdecode.drafters.base import Drafter, MethodContext, StepOutcome
 from specdecode.errors import SpecDecodeError
 from specdecode.registry import get_method
@@ -157,14 +158,18 @@ class Decoder:
         stop: list[str] | None = None,
         stats: list[Step] | None = None,
     ) -> Iterator[Response]:
-        """Text deltas until EOS, ``max_new_tokens`` or a stop string."""
+        """Text deltas until EOS, ``max_new_tokens`` or a stop string.
+
+        Text that could be the start of a stop string is held back until it is known not to be
+        one, so no piece ever holds part of a stop string. The last piece has ``finish_reason``.
+        """
         sampling = sampling or SamplingConfig()
         limit = self._check(prompt_ids, max_new_tokens)
-        tok = self.loaded.tokenizer
         eos = self.loaded.eos_token_ids
         stop = [s for s in (stop or []) if s]
+        detok = IncrementalDetokenizer(self.loaded.tokenizer)
         out: list[int] = []
-        sent_text, sent_ids = "", 0
+        sent_text, sent_ids = 0, 0  # characters of detok.text and ids already yielded
         finish = "length"
         # closing(): however this loop ends, the generation's drafter is handed back at once
         with closing(self.steps(prompt_ids, sampling, limit)) as steps:
@@ -173,16 +178,18 @@ class Decoder:
                     stats.append(step)
                 if _take(step.tokens, out, eos, max_new_tokens):
                     finish = "eos"
-                text = tok.decode(out, skip_special_tokens=True)
-                cut = _stop_at(text, stop)
+                detok.add(out[len(detok.ids) :])
+                done = finish != "length" or len(out) >= limit
+                if done:
+                    detok.flush()
+                text = detok.text
+                cut = _stop_at(text, stop, start=max(0, sent_text - max(map(len, stop), default=0)))
                 if cut >= 0:
-                    text, finish = text[:cut], "stop"
-                if finish == "length" and len(out) < max_new_tokens and text.endswith("\ufffd"):
-                    continue  # a multi-byte character is still incomplete: wait for more tokens
-                done = finish != "length" or len(out) >= max_new_tokens
-                if text[len(sent_text) :] or done:
-                    yield Response(text[len(sent_text) :], out[sent_ids:], finish if done else None)
-                    sent_text, sent_ids = text, len(out)
+                    text, finish, done = text[:cut], "stop", True
+                ready = len(text) if done else len(text) - _stop_prefix(text, stop)
+                if ready > sent_text or done:
+                    yield Response(text[sent_text:ready], out[sent_ids:], finish if done else None)
+                    sent_text, sent_ids = ready, len(out)
                 if done:
                     return
 
@@ -268,9 +275,20 @@ def _take(tokens: list[int], out: list[int], eos: set[int], max_new_tokens: int)
     return False
 
 
-def _stop_at(text: str, stop: list[str]) -> int:
-    """Where the earliest stop string begins in ``text``, or -1."""
-    return min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+def _stop_at(text: str, stop: list[str], start: int = 0) -> int:
+    """Where the earliest stop string begins in ``text`` (searching from ``start``), or -1."""
+    return min((i for i in (text.find(s, start) for s in stop if s) if i >= 0), default=-1)
+
+
+def _stop_prefix(text: str, stop: list[str]) -> int:
+    """The length of the longest end of ``text`` that begins some stop string (to hold back)."""
+    best = 0
+    for s in stop:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
 
 
 def build_decoder(method: str, target, *, draft=None, options: dict | None = None) -> Decoder:
