@@ -90,7 +90,10 @@ class SamplingConfig:
 
 
 def target_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
-    """Probabilities ``[..., vocab]`` after temperature, top-k and top-p (sampling only)."""
+    """Probabilities after temperature, top-k and top-p (sampling only).
+
+    ``logits``: ``[..., vocab_size]``; returns the same shape, float32.
+    """
     logits = logits.float() / cfg.temperature
     if cfg.top_k and cfg.top_k < logits.shape[-1]:
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[..., -1:]
@@ -142,7 +145,7 @@ class GumbelNoise:
     def choices(self, probs: torch.Tensor, positions: list[int]) -> list[int]:
         """``argmax(log p + g)`` for each row of ``probs`` ``[rows, vocab]`` at its position."""
         vocab = probs.shape[-1]
-        noise = torch.stack([self.at(p, vocab) for p in positions])  # [rows, vocab]
+        noise = torch.stack([self.at(p, vocab) for p in positions])  # [rows, vocab_size]
         return (probs.log() + noise).argmax(-1).tolist()
 
 

@@ -38,8 +38,8 @@ class Verdict:
 
 
 def verify(
-    tree: DraftTree,
-    logits: torch.Tensor,
+    tree: DraftTree,  # n nodes
+    logits: torch.Tensor,  # [n + 1, vocab_size]: after the root, then after each node
     cfg: SamplingConfig,
     gen: torch.Generator | None = None,
     *,
@@ -59,7 +59,7 @@ def verify(
     return verify_sampling(tree, target_probs(logits, cfg), gen)
 
 
-def verify_greedy(tree: DraftTree, logits: torch.Tensor) -> Verdict:
+def verify_greedy(tree: DraftTree, logits: torch.Tensor) -> Verdict:  # logits: [n + 1, vocab_size]
     return _walk(tree, logits.argmax(-1).tolist())
 
 
@@ -83,8 +83,8 @@ def verify_sampling(tree: DraftTree, p_all: torch.Tensor, gen: torch.Generator |
     """Recursive rejection sampling; ``p_all`` ``[n + 1, vocab]`` holds the target's probabilities."""
     node, path = -1, []
     while True:
-        p = p_all[node + 1]
-        q = None
+        p = p_all[node + 1]  # [vocab_size]
+        q = None  # [vocab_size]: the draft row of this node's children
         chosen = None
         for child in tree.children(node):
             x = tree.tokens[child]

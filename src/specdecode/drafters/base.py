@@ -47,10 +47,10 @@ class Candidates:
     ``cost_per_node``: seconds of the drafter's work per node scored.
     """
 
-    tokens: list[int]
-    parents: list[int]
-    probs: list[float]
-    tags: list
+    tokens: list[int]  # [n]
+    parents: list[int]  # [n], each < its index (-1: the root)
+    probs: list[float]  # [n]
+    tags: list  # [n]
     cost_per_node: float = 0.0
 
 
