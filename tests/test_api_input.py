@@ -68,3 +68,12 @@ def test_an_integral_float_option_is_accepted_for_a_float(tiny_api):
     from specdecode.engine import build_decoder
 
     assert build_decoder("aded", lm, options={"explore": 1}).drafter.explore == 1
+
+
+def test_a_prediction_through_the_api(tiny_api):
+    want = specdecode.generate("t1 t2 t3", raw=True, max_new_tokens=12)
+    got = specdecode.generate("t1 t2 t3", raw=True, max_new_tokens=12, prediction=want.text)
+    assert got.token_ids == want.token_ids
+    assert got.prediction_accepted > 0
+    with pytest.raises(SpecDecodeError, match="prediction must be a str"):
+        specdecode.generate("t1 t2 t3", raw=True, max_new_tokens=12, prediction=[1, 2])

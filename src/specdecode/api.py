@@ -69,6 +69,15 @@ def _stop_list(stop) -> list[str]:
     raise SpecDecodeError(f"stop must be a string or a list of strings, got {stop!r}")
 
 
+def _prediction_ids(decoder: Decoder, prediction) -> list[int] | None:
+    """Predicted Outputs: the text the answer is expected to resemble, as token ids."""
+    if prediction is None or prediction == "":
+        return None
+    if not isinstance(prediction, str):
+        raise SpecDecodeError(f"prediction must be a str, got {type(prediction).__name__}")
+    return decoder.loaded.tokenizer.encode(prediction, add_special_tokens=False)
+
+
 def _prepare(
     prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed, coupling
 ):
@@ -97,16 +106,28 @@ def generate(
     top_p: float = 1.0,
     seed: int | None = None,
     coupling: str = "auto",
+    prediction: str | None = None,
     stop: str | list[str] | None = None,
     raw: bool = False,
     device: str | None = "auto",
     dtype: str | None = None,
 ) -> GenerationResult:
-    """Generate a reply to ``prompt``; returns the text with its figures (tokens/s, mean accepted...)."""
+    """Generate a reply to ``prompt``; returns the text with its figures (tokens/s, mean accepted...).
+
+    ``prediction``: text the reply is expected to resemble (Predicted Outputs, e.g. the old
+    version of a file being edited); it drafts where it matches, and the reply is exactly the
+    one without it. ``coupling`` and ``seed``: see :mod:`specdecode.sampling`.
+    """
     decoder, ids, sampling = _prepare(
         prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed, coupling
     )
-    return decoder.generate_ids(ids, max_new_tokens=max_new_tokens, sampling=sampling, stop=_stop_list(stop))
+    return decoder.generate_ids(
+        ids,
+        max_new_tokens=max_new_tokens,
+        sampling=sampling,
+        stop=_stop_list(stop),
+        prediction=_prediction_ids(decoder, prediction),
+    )
 
 
 def stream(
@@ -122,6 +143,7 @@ def stream(
     top_p: float = 1.0,
     seed: int | None = None,
     coupling: str = "auto",
+    prediction: str | None = None,
     stop: str | list[str] | None = None,
     raw: bool = False,
     device: str | None = "auto",
@@ -131,4 +153,10 @@ def stream(
     decoder, ids, sampling = _prepare(
         prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed, coupling
     )
-    yield from decoder.stream(ids, max_new_tokens=max_new_tokens, sampling=sampling, stop=_stop_list(stop))
+    yield from decoder.stream(
+        ids,
+        max_new_tokens=max_new_tokens,
+        sampling=sampling,
+        stop=_stop_list(stop),
+        prediction=_prediction_ids(decoder, prediction),
+    )

@@ -18,6 +18,7 @@ import torch
 from specdecode.detokenize import IncrementalDetokenizer
 from specdecode.drafters.base import Drafter, MethodContext, StepOutcome
 from specdecode.errors import SpecDecodeError
+from specdecode.prediction import Prediction
 from specdecode.registry import get_method
 from specdecode.sampling import Sampler, SamplingConfig
 from specdecode.target import Target
@@ -36,6 +37,7 @@ class Step:
     # committing, the drafter learning from the outcome (on CUDA the loop synchronizes after
     # the forward, so its kernels count as forward time).
     phases: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    prediction_accepted: int = 0  # of ``accepted``, the tokens drafted from the request's prediction
 
 
 PHASES = ("draft", "forward", "verify", "learn")
@@ -66,6 +68,9 @@ class GenerationResult:
     prompt_tokens: int = 0
     # Seconds per phase summed over the steps after the prefill (see :attr:`Step.phases`).
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    # Predicted Outputs: prediction tokens accepted into the answer, and the rest of them
+    prediction_accepted: int = 0
+    prediction_rejected: int = 0
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -92,20 +97,38 @@ class Decoder:
         self._lock = threading.Lock()
 
     # ---- layer 1: steps -------------------------------------------------------------------
-    def steps(self, prompt_ids: list[int], sampling: SamplingConfig, limit: int) -> Iterator[Step]:
-        """Yield each forward's committed tokens; at most ``limit`` tokens in all."""
+    def steps(
+        self,
+        prompt_ids: list[int],
+        sampling: SamplingConfig,
+        limit: int,
+        prediction: list[int] | None = None,
+    ) -> Iterator[Step]:
+        """Yield each forward's committed tokens; at most ``limit`` tokens in all.
+
+        ``prediction``: token ids the answer is expected to resemble (Predicted Outputs), an
+        extra draft source for this generation only (:class:`specdecode.prediction.Prediction`).
+        """
         if limit <= 0:
             return
         with self._lock:
             drafter = self._idle.pop() if self._idle else self.drafter.fork()
         try:
-            yield from self._steps(drafter, list(prompt_ids), sampling, limit)
+            predictor = Prediction(prediction, self.loaded) if prediction else None
+            yield from self._steps(drafter, list(prompt_ids), sampling, limit, predictor)
         finally:
             with self._lock:
                 self._idle.append(drafter)
 
     @torch.inference_mode()  # torch toggles it around each resumption of the generator
-    def _steps(self, drafter: Drafter, tokens: list[int], sampling: SamplingConfig, limit: int):
+    def _steps(
+        self,
+        drafter: Drafter,
+        tokens: list[int],
+        sampling: SamplingConfig,
+        limit: int,
+        predictor: Prediction | None,
+    ):
         lock, loaded = self._lock, self.loaded
         target = Target(loaded)  # this generation's KV cache
         sampler = Sampler(sampling, loaded.device)
@@ -122,11 +145,14 @@ class Decoder:
             while produced < limit:
                 room = min(limit - produced - 1, max_context - len(tokens) - 1)
                 t0 = clock()
-                with lock:
-                    tree = drafter.propose(tokens, room) if room >= 1 else DraftTree.empty()
+                tree = predictor.propose(tokens, room) if predictor is not None and room >= 1 else None
+                predicted = tree is not None and len(tree) > 0
+                if not predicted:
+                    with lock:
+                        tree = drafter.propose(tokens, room) if room >= 1 else DraftTree.empty()
                 t1 = clock()
                 context = target.length
-                logits = target.score(tokens[-1], tree)  # [n + 1, vocab]
+                logits = target.score(tokens[-1], tree)  # [n + 1, vocab_size]
                 if cuda:
                     torch.cuda.synchronize(loaded.device)  # verify would wait for it anyway
                 t2 = clock()
@@ -138,11 +164,16 @@ class Decoder:
                 if sampler.noise is not None:
                     sampler.noise.forget(len(tokens))
                 t3 = clock()
-                with lock:
-                    drafter.observe(StepOutcome(tree, logits, verdict, tokens, t2 - t1, context))
+                outcome = StepOutcome(tree, logits, verdict, tokens, t2 - t1, context)
+                if predicted:
+                    predictor.observe(outcome)
+                else:
+                    with lock:
+                        drafter.observe(outcome)
                 produced += len(verdict.tokens)
+                phases = (t1 - t0, t2 - t1, t3 - t2, clock() - t3)
                 yield Step(
-                    verdict.tokens, len(tree), verdict.accepted, (t1 - t0, t2 - t1, t3 - t2, clock() - t3)
+                    verdict.tokens, len(tree), verdict.accepted, phases, verdict.accepted if predicted else 0
                 )
         finally:
             with lock:
@@ -157,6 +188,7 @@ class Decoder:
         sampling: SamplingConfig | None = None,
         stop: list[str] | None = None,
         stats: list[Step] | None = None,
+        prediction: list[int] | None = None,
     ) -> Iterator[Response]:
         """Text deltas until EOS, ``max_new_tokens`` or a stop string.
 
@@ -172,7 +204,7 @@ class Decoder:
         sent_text, sent_ids = 0, 0  # characters of detok.text and ids already yielded
         finish = "length"
         # closing(): however this loop ends, the generation's drafter is handed back at once
-        with closing(self.steps(prompt_ids, sampling, limit)) as steps:
+        with closing(self.steps(prompt_ids, sampling, limit, prediction)) as steps:
             for step in steps:
                 if stats is not None:
                     stats.append(step)
@@ -201,7 +233,9 @@ class Decoder:
         max_new_tokens: int,
         sampling: SamplingConfig | None = None,
         stop: list[str] | None = None,
+        prediction: list[int] | None = None,
     ) -> GenerationResult:
+        """The whole answer with its figures; ``prediction`` as in :meth:`steps`."""
         sampling = sampling or SamplingConfig()
         stats: list[Step] = []
         ids: list[int] = []
@@ -210,7 +244,12 @@ class Decoder:
         if stop:
             pieces = list(
                 self.stream(
-                    prompt_ids, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, stats=stats
+                    prompt_ids,
+                    max_new_tokens=max_new_tokens,
+                    sampling=sampling,
+                    stop=stop,
+                    stats=stats,
+                    prediction=prediction,
                 )
             )
             for piece in pieces:
@@ -219,7 +258,7 @@ class Decoder:
         else:  # the fast path: no detokenization until the end
             limit = self._check(prompt_ids, max_new_tokens)
             eos = self.loaded.eos_token_ids
-            with closing(self.steps(prompt_ids, sampling, limit)) as steps:
+            with closing(self.steps(prompt_ids, sampling, limit, prediction)) as steps:
                 for step in steps:
                     stats.append(step)
                     if _take(step.tokens, ids, eos, max_new_tokens):
@@ -246,6 +285,8 @@ class Decoder:
             finish_reason=finish,
             prompt_tokens=len(prompt_ids),
             phase_seconds={k: sum(s.phases[j] for s in stats[1:]) for j, k in enumerate(PHASES)},
+            prediction_accepted=(accepted := sum(s.prediction_accepted for s in stats)),
+            prediction_rejected=max(0, len(prediction) - accepted) if prediction else 0,
         )
 
     def _check(self, prompt_ids: list[int], max_new_tokens: int) -> int:
