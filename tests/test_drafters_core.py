@@ -1,4 +1,5 @@
-"""pld, draft-model (same and different tokenizer) and dyspec: lossless, and refusing bad setups."""
+"""pld, draft-model (same and different tokenizer) and dyspec: lossless, and refusing bad setups;
+the draft model's own KV cache, and which state a fork shares."""
 
 import dataclasses
 
@@ -6,11 +7,14 @@ import pytest
 import torch
 
 from lossless import chi_square_pvalue, exact_joint, sample_joint
+from specdecode.drafters._bridge import TextBridge
+from specdecode.drafters.draft_model import DraftLM
 from specdecode.engine import build_decoder
 from specdecode.errors import SpecDecodeError
 from specdecode.models.loader import LoadedModel
 from specdecode.models.testing import tiny_model_for_tests
 from specdecode.sampling import SamplingConfig
+from specdecode.tree import DraftTree
 
 V = 40
 PROMPTS = [[5, 9, 13, 7, 5, 9, 13], [3, 3, 3, 3], [30, 2, 17, 8, 22, 31, 19, 4, 11, 2, 17]]
@@ -46,6 +50,33 @@ def test_greedy_output_equals_ar(target, drafts, method, options, which):
         assert r.token_ids == greedy(ar, prompt).token_ids
     if method != "pld" and which == "itself":
         assert r.mean_accepted > 1.5  # a draft identical to the target is mostly accepted
+
+
+def test_the_draft_model_grows_a_tree_as_decoding_each_path_alone(target):
+    """DraftLM.extend: nodes fed level by level see their ancestors only; drop_tree forgets them."""
+    prompt, tree = PROMPTS[2], DraftTree([3, 8, 5, 2, 6, 6], [-1, -1, 0, 0, 2, 1])
+    lm = DraftLM(target)
+    with torch.inference_mode():
+        lm.sync(prompt)
+        first = lm.extend(tree.tokens[:2], tree.parents[:2])  # [2, vocab]
+        rows = torch.cat([first, lm.extend(tree.tokens, tree.parents)])  # [6, vocab]
+        for i, row in enumerate(rows):
+            ids = prompt + [tree.tokens[j] for j in tree.path_to(i)]
+            plain = target.model(torch.tensor([ids])).logits[0, -1]
+            torch.testing.assert_close(row, plain, atol=1e-4, rtol=0)
+        lm.drop_tree()
+    assert lm.cache.length == len(prompt)
+
+
+def test_a_fork_shares_the_learned_threshold_not_the_generation_state():
+    target = with_tokenizer(byte_bpe(290), 21)
+    dec = build_decoder("draft-model", target, draft=with_tokenizer(byte_bpe(275), 22))
+    one, two = dec.drafter, dec.drafter.fork()
+    for d in (one, two):
+        d.begin([5, 6], SamplingConfig())
+    assert one.stop is two.stop
+    assert one.lm is not two.lm and one.lm.cache is not two.lm.cache
+    assert one.bridge is not two.bridge
 
 
 def test_pld_drafts_from_the_context(target):
@@ -91,7 +122,7 @@ def test_a_draft_with_another_tokenizer_is_bridged_and_lossless():
     assert target.tokenizer.get_vocab() != draft.tokenizer.get_vocab()
     prompt = target.tokenizer.encode("the cat sat on the mat and the cat")
     dec = build_decoder("draft-model", target, draft=draft, options={"threshold": 0.0})
-    assert dec.drafter.bridged
+    assert isinstance(dec.drafter.bridge, TextBridge)
     r = greedy(dec, prompt, 24)
     assert r.token_ids == greedy(build_decoder("ar", target), prompt, 24).token_ids
     assert r.drafted > 0

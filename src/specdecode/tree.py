@@ -107,19 +107,22 @@ def _ancestor_matrix(parents: tuple[int, ...]) -> torch.Tensor:
 
 
 def tree_attention(
-    parents: list[int], past_len: int, dtype: torch.dtype, device: torch.device
+    parents: list[int], past_len: int, dtype: torch.dtype, device: torch.device, *, first_row: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The 4D additive attention mask and position ids for scoring ``[root] + tree``.
 
-    Returns ``mask`` ``[1, 1, n + 1, past_len + n + 1]`` (0 where attention is allowed,
-    ``finfo.min`` where blocked) and ``position_ids`` ``[1, n + 1]`` (``past_len + depth``).
+    Returns ``mask`` ``[1, 1, n + 1 - first_row, past_len + n + 1]`` (0 where attention is
+    allowed, ``finfo.min`` where blocked) and ``position_ids`` ``[1, n + 1 - first_row]``
+    (``past_len + depth``). Row 0 is the root's, row ``i + 1`` node ``i``'s; ``first_row`` > 0
+    leaves out the rows of tokens already cached (a draft model growing its tree level by level).
     """
     key = tuple(parents)
-    allowed = _ancestor_matrix(key)
-    rows = allowed.shape[0]
-    full = torch.ones(rows, past_len + rows, dtype=torch.bool)
+    allowed = _ancestor_matrix(key)[first_row:]
+    rows = len(parents) + 1
+    full = torch.ones(rows - first_row, past_len + rows, dtype=torch.bool)
     full[:, past_len:] = allowed
     mask = torch.zeros(full.shape, dtype=dtype)
     mask.masked_fill_(~full, torch.finfo(dtype).min)
-    positions = torch.tensor([past_len] + [past_len + d for d in _depths(key)], dtype=torch.long)
+    depths = [0, *_depths(key)][first_row:]
+    positions = torch.tensor([past_len + d for d in depths], dtype=torch.long)
     return mask[None, None].to(device), positions[None].to(device)
