@@ -360,3 +360,25 @@ def test_sigterm_keeps_finished_prompts(tiny_target, prompts_file, tmp_path, mon
     data = json.loads(out.read_text())
     assert data["interrupted"] is True and data["complete"] is False
     assert [p["id"] for p in data["prompts"]] == ["a"]
+
+
+def test_check_draft_is_one_rule_for_every_method():
+    from types import SimpleNamespace
+
+    from specdecode.models.pairing import check_draft
+
+    needs = SimpleNamespace(name="hf-assisted", needs_draft=True)
+    plain = SimpleNamespace(name="ar", needs_draft=False)
+    cpu, meta = SimpleNamespace(device=torch.device("cpu")), SimpleNamespace(device=torch.device("meta"))
+    for draft in (None, ""):
+        with pytest.raises(SpecDecodeError) as e:
+            check_draft(needs, draft)
+        assert str(e.value) == (
+            "method 'hf-assisted' needs a draft model: pass --draft MODEL (or --draft default)"
+        )
+    check_draft(needs, "default")  # a name, before loading
+    check_draft(plain, None)
+    check_draft(needs, cpu, cpu)
+    with pytest.raises(SpecDecodeError) as e:
+        check_draft(needs, meta, cpu)
+    assert str(e.value) == ("the draft model is on meta but the target is on cpu: load both on one device")

@@ -12,11 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from specdecode import files
 from specdecode.cli import main
 from specdecode.errors import SpecDecodeError
 from specdecode.models import cache as cache_mod
 from specdecode.models import loader
 from specdecode.models.loader import clear_memo, conversion_problem, converted_dir_for, load_model
+from specdecode.models.quiet import quiet_transformers
 from specdecode.models.testing import tiny_model_for_tests
 
 EMBED = "model.embed_tokens.weight"
@@ -42,8 +44,8 @@ def conversions(monkeypatch, tiny):
 
     def convert(gguf, sha256, final):
         calls.append(final)
-        tmp = cache_mod.temp_sibling(final)
-        with loader._quiet_transformers(progress=False):
+        tmp = files.temp_sibling(final)
+        with quiet_transformers(progress=False):
             tiny.model.save_pretrained(tmp, safe_serialization=True)
             tiny.tokenizer.save_pretrained(tmp)
         loader.write_marker(tmp, sha256, gguf.name)
@@ -61,7 +63,7 @@ def gguf(tmp_path) -> Path:
 
 
 def _final(gguf: Path) -> Path:
-    return converted_dir_for(gguf, loader.file_sha256(gguf))
+    return converted_dir_for(gguf, files.sha256_file(gguf, remember=True))
 
 
 def _tensor_span(path: Path, name: str) -> tuple[int, int]:
@@ -112,7 +114,7 @@ def test_corruption_in_place_is_detected_and_rebuilt(gguf, conversions, tiny, ca
     assert set(marker["sha256"]) == set(marker["files"]) and "model.safetensors" in marker["sha256"]
 
     _corrupt_embeddings(final)
-    assert conversion_problem(final, loader.file_sha256(gguf)) == (
+    assert conversion_problem(final, files.sha256_file(gguf, remember=True)) == (
         "model.safetensors does not match its sha256: changed or damaged on disk"
     )
     capsys.readouterr()
@@ -124,7 +126,7 @@ def test_corruption_in_place_is_detected_and_rebuilt(gguf, conversions, tiny, ca
     assert err.count("\n") == 1
     assert f"the cached conversion {final} is not usable (model.safetensors does not match" in err
     assert "converting fake-model.gguf again" in err
-    assert conversion_problem(final, loader.file_sha256(gguf)) is None
+    assert conversion_problem(final, files.sha256_file(gguf, remember=True)) is None
     assert [p.name for p in final.parent.iterdir()] == [final.name]  # no temp left behind
 
     clear_memo()  # intact again: trusted, not converted a third time
@@ -139,7 +141,9 @@ def test_every_cached_file_is_checked(gguf, conversions):
     text = config.read_text()
     config.write_text(text.replace('"hidden_act": "silu"', '"hidden_act": "gelu"'))
     assert config.stat().st_size == len(text.encode())
-    assert conversion_problem(final, loader.file_sha256(gguf)).startswith("config.json does not match")
+    assert conversion_problem(final, files.sha256_file(gguf, remember=True)).startswith(
+        "config.json does not match"
+    )
     clear_memo()
     load_model(str(gguf), device="cpu")
     assert len(conversions) == 2 and config.read_text() == text
@@ -153,7 +157,7 @@ def test_corruption_that_cannot_be_rebuilt_is_a_clear_error(gguf, conversions, m
     def read_only(folder):
         raise PermissionError(13, "Permission denied", str(folder))
 
-    monkeypatch.setattr(loader, "ensure_writable", read_only)
+    monkeypatch.setattr(cache_mod, "ensure_writable", read_only)
     clear_memo()
     with pytest.raises(SpecDecodeError) as info:
         load_model(str(gguf), device="cpu")
@@ -175,7 +179,7 @@ def test_marker_without_digests_is_rebuilt(gguf, conversions, tiny, capsys):
     marker = json.loads(marker_path.read_text())
     del marker["sha256"]
     marker_path.write_text(json.dumps(marker))
-    assert "no content digests" in conversion_problem(final, loader.file_sha256(gguf))
+    assert "no content digests" in conversion_problem(final, files.sha256_file(gguf, remember=True))
     capsys.readouterr()
     clear_memo()
     lm = load_model(str(gguf), device="cpu")
@@ -213,12 +217,12 @@ def _unwritable_cache(tmp_path, monkeypatch) -> Path:
 
 def test_ensure_writable(tmp_path):
     folder = tmp_path / "new" / "folder"
-    cache_mod.ensure_writable(folder)
+    files.ensure_writable(folder)
     assert folder.is_dir() and list(folder.iterdir()) == []
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     with pytest.raises(OSError):
-        cache_mod.ensure_writable(blocker / "sub")
+        files.ensure_writable(blocker / "sub")
 
 
 def test_unwritable_cache_root_fails_before_converting(gguf, conversions, tmp_path, monkeypatch):
@@ -259,3 +263,57 @@ def test_unwritable_cache_is_reported_before_fetching_the_default(tmp_path, monk
     assert str(info.value).startswith(
         f"cannot keep the default model (SmolLM2-135M-Instruct): the cache folder {root / 'gguf'} is not writable"
     )
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_atomic_file_replaces_in_one_step_or_not_at_all(tmp_path):
+    final = tmp_path / "sub" / "curve.json"
+    files.write_atomic(final, "first")
+    assert final.read_text() == "first" and _names(final.parent) == ["curve.json"]
+    files.write_atomic(final, "second")  # an older file is replaced
+    assert final.read_text() == "second" and _names(final.parent) == ["curve.json"]
+
+    with pytest.raises(RuntimeError, match="half-way"), files.atomic_file(final) as tmp:
+        assert tmp.parent == final.parent and tmp.name.startswith(".curve.json.tmp-")
+        tmp.write_text("half of a third version")
+        raise RuntimeError("stopped half-way")
+    assert final.read_text() == "second" and _names(final.parent) == ["curve.json"]
+
+    dead = final.with_name(".curve.json.tmp-999999999-abcd")  # a dead process's leftover
+    dead.write_text("partial")
+    files.write_atomic(final, "third")
+    assert final.read_text() == "third" and _names(final.parent) == ["curve.json"]
+
+
+def test_atomic_folder_keeps_or_replaces_what_is_there(tmp_path):
+    final = tmp_path / "models" / "m"
+
+    def build(text: str, keep) -> None:
+        with files.atomic_folder(final, keep_existing=keep) as tmp:
+            tmp.mkdir()
+            (tmp / "config.json").write_text(text)
+
+    build("one", keep=None)
+    assert (final / "config.json").read_text() == "one"
+    build("two", keep=lambda f: (f / "config.json").read_text() == "one")  # intact: kept
+    assert (final / "config.json").read_text() == "one"
+    build("three", keep=lambda f: False)  # broken: replaced
+    assert (final / "config.json").read_text() == "three"
+    assert _names(final.parent) == ["m"]
+
+
+def test_sha256_file_remembers_by_size_and_time(tmp_path):
+    import hashlib
+
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"\1" * 1000)
+    digest = hashlib.sha256(b"\1" * 1000).hexdigest()
+    assert files.sha256_file(path) == files.sha256_file(path, remember=True) == digest
+    path.write_bytes(b"\2" * 1001)  # another size: read again
+    assert files.sha256_file(path, remember=True) == hashlib.sha256(b"\2" * 1001).hexdigest()

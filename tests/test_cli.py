@@ -212,3 +212,20 @@ def test_a_seed_gives_one_text_whatever_the_method(capsys, tiny_folder, monkeypa
     assert len({tuple(t) for t in texts.values()}) == 1
     code, out, _ = run(capsys, *argv[:-1], "--coupling", "residual", "t1 t2 t3 t1 t2")
     assert code == 0 and json.loads(out)["finish_reason"] in ("eos", "length")
+
+
+def test_threads_option(capsys):
+    import torch
+
+    from specdecode.cli.common import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        set_threads(None)
+        assert torch.get_num_threads() == before
+        set_threads(2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    code, out, err = run(capsys, "calibrate", "--threads", "0")
+    assert code == 2 and out == "" and err == "specdecode: error: --threads must be >= 1, got 0\n"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from specdecode import files
 from specdecode.errors import SpecDecodeError
 from specdecode.models import cache as cache_mod
 from specdecode.models import loader
@@ -72,7 +73,7 @@ def test_gguf_magic_but_broken(tmp_path):
     with pytest.raises(SpecDecodeError, match=r"could not read GGUF file .*broken\.gguf") as info:
         load_model(str(bad))
     assert "\n" not in str(info.value)
-    assert not converted_dir_for(bad, loader.file_sha256(bad)).exists()
+    assert not converted_dir_for(bad, files.sha256_file(bad, remember=True)).exists()
 
 
 def test_folder_without_config(tmp_path):
@@ -279,7 +280,7 @@ def _fake_gguf(path: Path) -> Path:
 
 def test_invalid_conversion_is_rebuilt_valid_one_is_trusted(tmp_path, monkeypatch, tiny_llama):
     gguf = _fake_gguf(tmp_path / "fake-model.gguf")
-    sha = loader.file_sha256(gguf)
+    sha = files.sha256_file(gguf, remember=True)
     final = converted_dir_for(gguf, sha)
     assert final.parent == tmp_path / "sdcache" / "models"
     assert final.name == f"fake-model-{sha[:16]}"
@@ -322,11 +323,11 @@ def test_stale_temp_folders_are_cleaned(tmp_path):
     dead = final.with_name(f".{final.name}.tmp-999999999-abcd")  # no such process
     dead.mkdir()
     (dead / "model.safetensors").write_bytes(b"partial")
-    live = cache_mod.temp_sibling(final)  # this process: still being written
+    live = files.temp_sibling(final)  # this process: still being written
     live.mkdir()
     other = tmp_path / "models" / ".other.tmp-999999999-abcd"
     other.mkdir()
-    cache_mod.clean_stale_temps(final)
+    files.clean_stale_temps(final)
     assert not dead.exists()
     assert live.exists() and other.exists()
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from specdecode.errors import SpecDecodeError
+from specdecode.files import write_atomic
+from specdecode.machine import device_name
 
 DEFAULT_NS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 FORMAT = "specdecode-latency-curve"
@@ -108,27 +108,6 @@ class LatencyCurve:
 
 def dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def device_name(device) -> str:
-    """The hardware behind ``device``: the GPU's name, or the CPU model from /proc/cpuinfo."""
-    import torch
-
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_model()
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def default_ns(max_n: int) -> list[int]:
@@ -263,24 +242,6 @@ def read_cached(loaded, *, max_n: int | None = None, path: Path | None = None) -
     if max_n is not None and curve.ns[-1] < max_n:
         return None
     return curve
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary sibling and a rename."""
-    from specdecode.models.cache import clean_stale_temps, temp_sibling
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(path)
-    tmp = temp_sibling(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink(missing_ok=True)
 
 
 def load_or_calibrate(

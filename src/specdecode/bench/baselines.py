@@ -254,14 +254,12 @@ def is_baseline(name: str) -> bool:
 def build_baseline(name: str, target, *, draft=None, options: dict | None = None) -> HFBaseline:
     """A baseline runner, options validated; SpecDecodeError for a missing or unbridgeable draft."""
     from specdecode.drafters.base import MethodContext
+    from specdecode.models.pairing import check_draft
     from specdecode.registry import parse_options
 
     spec = BASELINES[name]
     # None is an option left at its default (transformers' own); the options may come here
     # already parsed, defaults included, and a None is no value of the option's type
     opts = parse_options(spec, {k: v for k, v in (options or {}).items() if v is not None})
-    if spec.needs_draft and draft is None:
-        raise SpecDecodeError(f"{name} needs a draft model: pass --draft MODEL")
-    if draft is not None and spec.needs_draft and draft.device != target.device:
-        raise SpecDecodeError(f"the draft model is on {draft.device} but the target is on {target.device}")
+    check_draft(spec, draft, target)
     return spec.factory(MethodContext(target, draft), **opts)

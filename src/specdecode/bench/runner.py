@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import platform
 import re
 import resource
 import sys
@@ -35,6 +33,7 @@ from specdecode.bench.baselines import BASELINES, RunOutput, build_baseline, is_
 from specdecode.bench.datasets import Prompt, load_prompts, round_robin
 from specdecode.bench.metrics import PromptRecord, first_difference, strip_at_eos, summarize
 from specdecode.errors import SpecDecodeError
+from specdecode.machine import machine_info
 
 DEFAULT_METHODS = ("hf-ar", "hf-pld", "ar", "pld")
 REFERENCE = "ar"  # the output every method must reproduce under greedy decoding
@@ -110,9 +109,11 @@ def method_spec(name: str):
 
 
 def validate_methods(
-    methods: list[str], options: dict[str, dict[str, str]], *, has_draft: bool
+    methods: list[str], options: dict[str, dict[str, str]], *, draft
 ) -> dict[str, dict[str, Any]]:
-    """Check names, options and draft needs; return each method's parsed options."""
+    """Check names, options and draft needs (``draft``: the draft model or its name, None for
+    none); return each method's parsed options."""
+    from specdecode.models.pairing import check_draft
     from specdecode.registry import parse_options
 
     if not methods:
@@ -128,8 +129,7 @@ def validate_methods(
     parsed = {}
     for m in methods:
         spec = method_spec(m)
-        if spec.needs_draft and not has_draft:
-            raise SpecDecodeError(f"method {m!r} needs a draft model: pass --draft MODEL")
+        check_draft(spec, draft)
         parsed[m] = parse_options(spec, options.get(m))
     return parsed
 
@@ -305,7 +305,7 @@ def check_out_path(out: Path, *, plots: bool = True) -> None:
     not a .json name, a folder in the way, a missing folder, or a folder that refuses a file.
     The last is a real write probe (a temporary file beside the target, removed at once):
     permission bits say nothing when running as root or on a read-only or virtual filesystem."""
-    from specdecode.models.cache import temp_sibling
+    from specdecode.files import ensure_writable
 
     if out.suffix != ".json":
         raise SpecDecodeError(f"--out must name a .json file, got {out}")
@@ -318,24 +318,17 @@ def check_out_path(out: Path, *, plots: bool = True) -> None:
             raise SpecDecodeError(f"--out {out}: {a} is a file, not a folder")
     if not parent.exists():
         raise SpecDecodeError(f"the folder for --out does not exist: {parent}")
-    probe = temp_sibling(out)
     try:
-        with open(probe, "x", encoding="utf-8") as f:
-            f.write("probe")
+        ensure_writable(parent)
     except OSError as e:
         raise SpecDecodeError(
             f"--out {out}: cannot create a file in {parent} ({e.strerror or e}); choose a folder you "
             "can write to"
         ) from None
-    finally:
-        try:
-            probe.unlink()
-        except OSError:
-            pass
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    from specdecode.cost import write_atomic
+    from specdecode.files import write_atomic
 
     write_atomic(path, json.dumps(data, indent=1, default=_json_default))
 
@@ -355,7 +348,7 @@ def _json_default(o):
 def write_outputs(result: dict, out: str | Path, *, plots: bool = True) -> list[Path]:
     """FILE.json, FILE.md and (with ``plots``) FILE-speedup.png, FILE-accept.png, FILE-latency.png."""
     from specdecode.bench.report import markdown_report
-    from specdecode.cost import write_atomic
+    from specdecode.files import write_atomic
 
     out = Path(out)
     write_json_atomic(out, result)
@@ -386,21 +379,6 @@ def records_from_result(result: dict) -> list[PromptRecord]:
                 )
             )
     return recs
-
-
-def machine_info(device: torch.device) -> dict:
-    from specdecode.cost import cpu_model
-
-    info = {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def build_result(
@@ -475,8 +453,9 @@ def run_bench(
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     methods = list(config.methods)
-    has_draft = draft is not None or config.draft is not None
-    options = validate_methods(methods, config.method_options, has_draft=has_draft)
+    options = validate_methods(
+        methods, config.method_options, draft=draft if draft is not None else config.draft
+    )
     if config.max_new_tokens < 1:
         raise SpecDecodeError(f"--max-new-tokens must be >= 1, got {config.max_new_tokens}")
     if config.warmup < 0:

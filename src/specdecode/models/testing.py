@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from specdecode.models.loader import LoadedModel, _quiet_transformers
+from specdecode.models.loader import LoadedModel
+from specdecode.models.quiet import quiet_transformers
 
 __all__ = ["tiny_model_for_tests", "tiny_tokenizer"]
 
@@ -69,7 +70,7 @@ def tiny_model_for_tests(
     }
     settings.update(config_overrides)
     config = LlamaConfig(**settings)
-    with _quiet_transformers(progress=False), torch.random.fork_rng(devices=[]):
+    with quiet_transformers(progress=False), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
     model.generation_config = GenerationConfig(
