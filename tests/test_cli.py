@@ -6,7 +6,7 @@ import pytest
 
 from specdecode import __version__
 from specdecode.cli import main
-from specdecode.models import loader
+from specdecode.models import default, loader
 from specdecode.models.testing import tiny_model_for_tests
 
 
@@ -70,9 +70,11 @@ def test_not_a_gguf_file(capsys, tmp_path):
 
 def test_no_model_available_offline(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path))
-    monkeypatch.setattr(loader, "_installed_default_gguf", lambda: None)
+    monkeypatch.setattr(default, "_installed_default_gguf", lambda: None)
     monkeypatch.setattr(
-        loader, "_fetch_default_gguf", lambda dest: (_ for _ in ()).throw(loader._no_default_model("offline"))
+        default,
+        "_fetch_default_gguf",
+        lambda dest: (_ for _ in ()).throw(default._no_default_model("offline")),
     )
     loader.clear_memo()
     code, _, err = run(capsys, "generate", "hi")

