@@ -39,7 +39,7 @@ def test_a_path_proposed_by_two_sources_is_one_node(peaky):
     assert len(sevens) == 1
     assert {s for s, _ in merged.tags[sevens[0]]} == {0, 1}  # both sources own it
     assert merged.probs[sevens[0]] == max(
-        pld.probs[0], max(p for t, p in zip(aded.tokens, aded.probs) if t == 7)
+        pld.probs[0], max(p for t, p in zip(aded.tokens, aded.probs, strict=True) if t == 7)
     )
     for source in drafter.sources:
         source.begin(tokens, SamplingConfig())

@@ -94,15 +94,14 @@ _METHODS: dict[str, MethodSpec] = {}
 _LOADED = False
 
 
-def register(name: str, summary: str, *, needs_draft: bool = False, options: dict | None = None):
+def register(name: str, summary: str, *, needs_draft: bool = False):
     """Class decorator: register a drafter class (constructed as ``cls(ctx, **options)``, its
     options read from its constructor: see the module docstring)."""
 
     def wrap(cls):
         if name in _METHODS and _METHODS[name].factory is not cls:
             raise ValueError(f"method {name!r} registered twice")
-        opts = options if options is not None else options_of(cls)  # TRANSITION: draft_model
-        _METHODS[name] = MethodSpec(name, summary, cls, opts, needs_draft, cls.__module__)
+        _METHODS[name] = MethodSpec(name, summary, cls, options_of(cls), needs_draft, cls.__module__)
         return cls
 
     return wrap

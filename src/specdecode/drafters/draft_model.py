@@ -13,13 +13,15 @@ committed tokens (:class:`DraftLM`); the target's cache is never touched. ``dysp
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 
 from specdecode.drafters._bridge import bridge_for
 from specdecode.drafters.base import Drafter
 from specdecode.errors import SpecDecodeError
 from specdecode.kvcache import kv_cache
-from specdecode.registry import Option, register
+from specdecode.registry import at_least, in_range, register
 from specdecode.sampling import SamplingConfig, target_probs
 from specdecode.tree import DraftTree, tree_attention
 
@@ -130,23 +132,20 @@ class DraftModelBase(Drafter):
 @register(
     "draft-model",
     "a smaller model drafts a chain; draft length adapts to the draft's confidence (any tokenizer)",
-    options={
-        "max_draft": Option(int, 6, "longest draft per step", lambda v: v >= 1, ">= 1"),
-        "threshold": Option(
-            float, 0.4, "initial confidence threshold to keep drafting", lambda v: 0 <= v < 1, "in [0, 1)"
-        ),
-        "adapt": Option(
-            float,
-            0.02,
-            "threshold step after each verified draft token (0 = fixed)",
-            lambda v: v >= 0,
-            ">= 0",
-        ),
-    },
     needs_draft=True,
 )
 class DraftModel(DraftModelBase):
-    def __init__(self, ctx, max_draft: int = 6, threshold: float = 0.4, adapt: float = 0.02) -> None:
+    def __init__(
+        self,
+        ctx,
+        max_draft: Annotated[int, "longest draft per step", at_least(1)] = 6,
+        threshold: Annotated[
+            float, "initial confidence threshold to keep drafting", in_range(0, 1, high_open=True)
+        ] = 0.4,
+        adapt: Annotated[
+            float, "threshold step after each verified draft token (0 = fixed)", at_least(0)
+        ] = 0.02,
+    ) -> None:
         super().__init__(ctx)
         self.max_draft = max_draft
         self.stop = ConfidenceThreshold(threshold, adapt)  # learned across generations (shared)

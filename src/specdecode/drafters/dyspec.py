@@ -10,30 +10,31 @@ tokenizer.
 from __future__ import annotations
 
 import heapq
+from typing import Annotated
 
 import torch
 
+from specdecode.budget import Budget
 from specdecode.drafters.draft_model import DraftModelBase
 from specdecode.errors import SpecDecodeError
-from specdecode.registry import Option, register
+from specdecode.registry import at_least, register
 from specdecode.tree import DraftTree
 
 
 @register(
     "dyspec",
     "DySpec: the draft model grows a dynamic token tree by draft probability under a cost-based budget",
-    options={
-        "budget": Option(
-            int, 0, "tree nodes per step (0 = from the measured cost curve)", lambda v: v >= 0, ">= 0"
-        ),
-        "max_depth": Option(int, 6, "deepest tree level", lambda v: v >= 1, ">= 1"),
-        "branch": Option(int, 4, "children considered per expanded node", lambda v: v >= 1, ">= 1"),
-        "width": Option(int, 4, "nodes expanded per draft forward", lambda v: v >= 1, ">= 1"),
-    },
     needs_draft=True,
 )
 class DySpec(DraftModelBase):
-    def __init__(self, ctx, budget: int = 0, max_depth: int = 6, branch: int = 4, width: int = 4) -> None:
+    def __init__(
+        self,
+        ctx,
+        budget: Budget = 0,
+        max_depth: Annotated[int, "deepest tree level", at_least(1)] = 6,
+        branch: Annotated[int, "children considered per expanded node", at_least(1)] = 4,
+        width: Annotated[int, "nodes expanded per draft forward", at_least(1)] = 4,
+    ) -> None:
         super().__init__(ctx)
         if not self.bridge.exact:
             raise SpecDecodeError(
