@@ -18,6 +18,7 @@ import torch
 from specdecode.detokenize import IncrementalDetokenizer
 from specdecode.drafters.base import Drafter, MethodContext, StepOutcome
 from specdecode.errors import SpecDecodeError
+from specdecode.models.pairing import check_draft
 from specdecode.prediction import Prediction
 from specdecode.registry import get_method
 from specdecode.sampling import Sampler, SamplingConfig
@@ -336,14 +337,7 @@ def build_decoder(method: str, target, *, draft=None, options: dict | None = Non
     """The decoder for registered ``method`` on loaded ``target`` (and ``draft``), options validated."""
     spec = get_method(method)
     opts = spec.parse_options(options)
-    if spec.needs_draft and draft is None:
-        raise SpecDecodeError(
-            f"method {method!r} needs a draft model: pass --draft MODEL (or --draft default)"
-        )
-    if draft is not None and draft.device != target.device:
-        raise SpecDecodeError(
-            f"the draft model is on {draft.device} but the target is on {target.device}: load both on one device"
-        )
+    check_draft(spec, draft, target)
     with torch.inference_mode():
         drafter = spec.factory(MethodContext(target, draft), **opts)
     return Decoder(method, target, drafter)

@@ -19,7 +19,6 @@ import torch
 
 from specdecode.drafters._bridge import bridge_for
 from specdecode.drafters.base import Drafter
-from specdecode.errors import SpecDecodeError
 from specdecode.kvcache import kv_cache
 from specdecode.registry import at_least, in_range, register
 from specdecode.sampling import SamplingConfig, target_probs
@@ -100,13 +99,7 @@ class DraftModelBase(Drafter):
     """Shared by draft-model and dyspec: the draft model, the tokenizer bridge, the draws."""
 
     def __init__(self, ctx) -> None:
-        if ctx.draft is None:
-            raise SpecDecodeError("this method needs a draft model: pass --draft MODEL (or --draft default)")
-        if ctx.draft.device != ctx.target.device:
-            raise SpecDecodeError(
-                f"the draft model is on {ctx.draft.device} but the target is on {ctx.target.device}: "
-                "load both on one device"
-            )
+        # the draft's presence and device: checked by engine.build_decoder (models.pairing)
         self.ctx = ctx
         self.lm = DraftLM(ctx.draft)  # checks the draft's KV cache up front
         self.bridge = bridge_for(ctx.target.tokenizer, ctx.draft.tokenizer)

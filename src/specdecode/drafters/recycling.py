@@ -207,7 +207,7 @@ class TokenRecycling(CandidateDrafter):
         as safetensors, atomically; returns the path."""
         from safetensors.torch import save_file
 
-        from specdecode.models.cache import clean_stale_temps, temp_sibling
+        from specdecode.files import atomic_file
 
         target = Path(path).expanduser() if path is not None else self.path
         if target is None:
@@ -228,14 +228,8 @@ class TokenRecycling(CandidateDrafter):
             "k": str(self.k),
         }
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            clean_stale_temps(target)
-            tmp = temp_sibling(target)
-            try:
+            with atomic_file(target) as tmp:
                 save_file(tensors, str(tmp), metadata=metadata)
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
         except OSError as e:
             raise SpecDecodeError(f"recycling: cannot save the matrix to {target}: {e}") from None
         self._unsaved = 0
