@@ -104,6 +104,12 @@ def test_json_output_on_a_local_folder(capsys, tiny_folder):
     ):
         assert key in obj
     assert obj["method"] == "pld" and obj["new_tokens"] == len(obj["token_ids"]) <= 6
+    # greedy: the text ar gives, and the text is those tokens decoded
+    _, out_ar, _ = run(capsys, "generate", "--model", str(tiny_folder), "--raw", "--json",
+                       "--max-new-tokens", "6", "t3 t4 t5 t3 t4")  # fmt: skip
+    assert obj["token_ids"] == json.loads(out_ar)["token_ids"]
+    tokenizer = tiny_model_for_tests(vocab_size=48).tokenizer  # the same word-level vocabulary
+    assert obj["text"] == tokenizer.decode(obj["token_ids"], skip_special_tokens=True)
 
 
 def test_stdin_prompt_and_streaming(capsys, monkeypatch, tiny_folder):
@@ -111,7 +117,11 @@ def test_stdin_prompt_and_streaming(capsys, monkeypatch, tiny_folder):
 
     monkeypatch.setattr("sys.stdin", io.StringIO("t3 t4 t5"))
     code, out, _ = run(capsys, "generate", "--model", str(tiny_folder), "--raw", "--max-new-tokens", "5", "-")
-    assert code == 0 and out.endswith("\n") and len(out.split()) >= 1
+    assert code == 0
+    # streamed: the same text as the prompt given in argv with --json, and a final newline
+    code, as_json, _ = run(capsys, "generate", "--model", str(tiny_folder), "--raw", "--json",
+                           "--max-new-tokens", "5", "t3 t4 t5")  # fmt: skip
+    assert code == 0 and out == json.loads(as_json)["text"] + "\n"
 
 
 def test_methods_lists_every_registered_method(capsys):

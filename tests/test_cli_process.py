@@ -104,4 +104,5 @@ def test_sigterm_marks_the_bench_json_interrupted(endless_folder, env, tmp_path)
     data = json.loads(out.read_text())
     assert data["interrupted"] is True and data["complete"] is False
     assert 1 <= data["meta"]["prompts_done"] < 200
+    assert len(data["prompts"]) == data["meta"]["prompts_done"] == data["summary"]["ar"]["prompts"]
     assert (tmp_path / "r.md").read_text().count("Interrupted") == 1

@@ -1,6 +1,7 @@
 """The latency curve t(n): interpolation, JSON, measuring on a tiny model, the on-disk cache."""
 
 import json
+from datetime import datetime
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from specdecode.cost import (
     load_or_calibrate,
     read_cached,
 )
+from specdecode.machine import cpu_model
 
 
 def curve(**kw):
@@ -62,7 +64,9 @@ def test_calibrate_tiny_model(tiny_llama):
     c = calibrate(tiny_llama, ns=[1, 2, 4], repeats=2, context_len=16)
     assert c.ns == [1, 2, 4] and len(c.seconds) == 3 and all(s > 0 for s in c.seconds)
     assert (c.device, c.dtype, c.model_key, c.context_len) == ("cpu", "float32", tiny_llama.key, 16)
-    assert c.device_name
+    assert c.device_name == cpu_model()
+    assert c.extra == {"repeats": 2, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    assert datetime.strptime(c.created, "%Y-%m-%dT%H:%M:%S%z").tzinfo is not None
 
 
 def hf_greedy(lm, prompt, n):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from specdecode import files
+from specdecode import __version__, files
 from specdecode.errors import SpecDecodeError
 from specdecode.models import cache as cache_mod
 from specdecode.models import conversion, default, loader
@@ -242,7 +242,9 @@ def test_conversion_marker_validation(tmp_path):
     assert data["files"] == {"config.json": 23, "model.safetensors": 100, "tokenizer.json": 2}
     assert data["sha256"]["model.safetensors"] == hashlib.sha256(b"\0" * 100).hexdigest()
     assert set(data["sha256"]) == set(data["files"])
-    assert data["specdecode_version"] and data["format_version"] == conversion.CONVERSION_FORMAT_VERSION
+    assert data["specdecode_version"] == __version__
+    assert data["format_version"] == conversion.CONVERSION_FORMAT_VERSION
+    assert (data["gguf_name"], data["gguf_sha256"]) == ("fake.gguf", SHA)
 
     (folder / "model.safetensors").write_bytes(b"\0" * 99)  # truncated weights
     assert not is_valid_conversion(folder, SHA)

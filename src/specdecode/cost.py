@@ -1,8 +1,8 @@
 """The target's cost model: forward latency t(n) when scoring n tokens at once.
 
-Adaptive drafters size their drafts from it: on a CPU t(16) is about 2 t(1) for a 135M model,
-on a GPU t(n) is flat up to a few dozen tokens. :func:`calibrate` measures the curve once;
-:func:`load_or_calibrate` keeps it per model, device and dtype in
+Adaptive drafters size their drafts from it, so that one rule chooses well where t(n) grows
+with n (a CPU) and where it stays flat over small n (a GPU). :func:`calibrate` measures the
+curve once; :func:`load_or_calibrate` keeps it per model, device and dtype in
 ``cache_dir()/calibration/{model_key}-{device}-{dtype}.json``.
 """
 

