@@ -235,8 +235,8 @@ def test_bad_prompt_files_fail_before_loading(tmp_path, monkeypatch):
 
 
 def test_near_tie_classification(tiny_llama):
+    from specdecode.bench.measure import check_identity
     from specdecode.bench.metrics import PromptRecord
-    from specdecode.bench.runner import check_identity
 
     prompt = [3, 4, 5]
     with torch.inference_mode():

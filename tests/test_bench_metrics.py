@@ -170,7 +170,7 @@ def test_committed_per_forward_plain_and_speculative():
 
 
 def test_rotation():
-    from specdecode.bench.runner import rotation
+    from specdecode.bench.measure import rotation
 
     ms = ["a", "b", "c"]
     assert [rotation(ms, i) for i in range(4)] == [
