@@ -18,7 +18,7 @@ from typing import Any
 
 from specdecode.errors import SpecDecodeError
 from specdecode.files import write_atomic
-from specdecode.machine import device_name
+from specdecode.machine import device_name, synchronize
 
 DEFAULT_NS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 FORMAT = "specdecode-latency-curve"
@@ -138,10 +138,33 @@ def calibrate(
     """
     import torch
 
-    from specdecode.target import Target
-    from specdecode.tree import DraftTree
-
     ns = sorted(set(ns)) if ns else default_ns(max_n)
+    _check_calibration(loaded, ns, repeats, context_len)
+    timer = _ForwardTimer(loaded, _filler_ids(loaded, context_len + ns[-1]), context_len)
+    for n in ns:  # warm-up: first-call allocations and kernel selection
+        timer.seconds(n)
+    times: dict[int, list[float]] = {n: [] for n in ns}
+    total, done = len(ns) * repeats, 0
+    for _ in range(repeats):
+        for n in ns:
+            times[n].append(timer.seconds(n))
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return LatencyCurve(
+        ns=list(ns),
+        seconds=[statistics.median(times[n]) for n in ns],
+        device=device_label(loaded.device),
+        dtype=dtype_name(loaded.dtype),
+        model_key=str(loaded.key),
+        context_len=context_len,
+        device_name=device_name(loaded.device),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        extra={"repeats": repeats, "torch": torch.__version__, "threads": torch.get_num_threads()},
+    )
+
+
+def _check_calibration(loaded, ns: list[int], repeats: int, context_len: int) -> None:
     if ns[0] < 1:
         raise SpecDecodeError(f"token counts must be >= 1, got {ns[0]}")
     if repeats < 1:
@@ -154,55 +177,45 @@ def calibrate(
             f"context {context_len} + {ns[-1]} scored tokens exceeds the model's {max_ctx} positions; "
             "lower --context-len or --max-n"
         )
+
+
+def _filler_ids(loaded, n: int) -> list[int]:
+    """``n`` token ids drawn with a fixed seed: what they say does not matter to the timing."""
+    import torch
+
     vocab = int(getattr(loaded.model.config, "vocab_size", 0) or len(loaded.tokenizer))
     gen = torch.Generator().manual_seed(0)
-    # Ordinary (non-special) ids avoid tokens a model may treat oddly; content does not matter.
+    # Ordinary (non-special) ids avoid tokens a model may treat oddly.
     low = min(256, max(vocab // 4, 0))
-    ids = torch.randint(low, vocab, (context_len + ns[-1],), generator=gen).tolist()
-    context, draft = ids[:context_len], ids[context_len:]
-    device = torch.device(loaded.device)
+    return torch.randint(low, vocab, (n,), generator=gen).tolist()
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
 
-    target = Target(loaded)
-    target.prefill(context[:-1])
-    base = target.length
-    root = context[-1]
+class _ForwardTimer:
+    """Times one target forward scoring n tokens after a fixed cached context (the first
+    ``context_len`` of ``ids``; the rest are the drafts), cropping the cache back after each."""
 
-    def one(n: int) -> float:
-        tree = DraftTree.chain(draft[: n - 1])
-        sync()
+    def __init__(self, loaded, ids: list[int], context_len: int) -> None:
+        from specdecode.target import Target
+
+        context, self.draft = ids[:context_len], ids[context_len:]
+        self.device = loaded.device
+        self.target = Target(loaded)
+        self.target.prefill(context[:-1])
+        self.base = self.target.length
+        self.root = context[-1]
+
+    def seconds(self, n: int) -> float:
+        from specdecode.tree import DraftTree
+
+        tree = DraftTree.chain(self.draft[: n - 1])
+        synchronize(self.device)
         start = time.perf_counter()
-        target.score(root, tree)
-        sync()
+        self.target.score(self.root, tree)
+        synchronize(self.device)
         elapsed = time.perf_counter() - start
-        target.commit([])
-        target.crop(base)
+        self.target.commit([])
+        self.target.crop(self.base)
         return elapsed
-
-    for n in ns:  # warm-up: first-call allocations and kernel selection
-        one(n)
-    times: dict[int, list[float]] = {n: [] for n in ns}
-    total, done = len(ns) * repeats, 0
-    for _ in range(repeats):
-        for n in ns:
-            times[n].append(one(n))
-            done += 1
-            if progress is not None:
-                progress(done, total)
-    return LatencyCurve(
-        ns=list(ns),
-        seconds=[statistics.median(times[n]) for n in ns],
-        device=device_label(device),
-        dtype=dtype_name(loaded.dtype),
-        model_key=str(loaded.key),
-        context_len=context_len,
-        device_name=device_name(device),
-        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        extra={"repeats": repeats, "torch": torch.__version__, "threads": torch.get_num_threads()},
-    )
 
 
 def device_label(device) -> str:

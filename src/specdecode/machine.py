@@ -33,6 +33,16 @@ def device_name(device) -> str:
     return cpu_model()
 
 
+def synchronize(device) -> None:
+    """Wait for the work queued on ``device`` (a CUDA device; nothing to wait for elsewhere), so
+    that a clock read next covers it."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def machine_info(device) -> dict:
     """What a bench result records about the machine: CPU, cores, torch threads, platform,
     Python, and the GPU's name when ``device`` is a CUDA device."""

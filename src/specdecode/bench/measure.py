@@ -14,6 +14,7 @@ import torch
 from specdecode.bench.baselines import RunOutput, build_baseline, is_baseline
 from specdecode.bench.checks import method_spec
 from specdecode.bench.metrics import PromptRecord, first_difference, strip_at_eos
+from specdecode.machine import synchronize
 
 # Default near-tie tolerance on the target's logits, by dtype: a few units of the rounding error
 # that a different reduction order (one token versus a chunk of tokens per forward) can cause.
@@ -94,18 +95,13 @@ def build_runner(name: str, target, *, draft=None, options: dict | None = None):
     return EngineRunner(name, target, draft=use_draft, options=options)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed_run(runner, prompt_ids, *, max_new_tokens, sampling, device, memory: MemoryMeter):
     """Run once; return (output, seconds, peak MB)."""
-    _sync(device)
+    synchronize(device)
     memory.reset()
     start = time.perf_counter()
     out = runner.generate_ids(prompt_ids, max_new_tokens=max_new_tokens, sampling=sampling)
-    _sync(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
     return out, seconds, memory.peak_mb()
 

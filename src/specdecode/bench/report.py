@@ -33,19 +33,43 @@ def markdown_report(result: dict) -> str:
     """A Markdown page for a bench result dict (as written to the JSON file)."""
     meta = result.get("meta", {})
     summary = result.get("summary", {})
-    categories = result.get("categories", {})
+    base = meta.get("baseline") or "baseline"
     out: list[str] = ["# specdecode bench", ""]
+    out += _status(result)
+    out += _meta_list(meta)
+    out += _overall_table(summary, base, meta.get("reference") or "ar")
+    out += _step_table(summary)
+    out += _category_table(result.get("categories", {}), list(summary), base)
+    out += _histogram_table(summary)
+    out += _latency_table(result.get("latency_curve"))
+    out += _FOOTNOTE
+    return "\n".join(out)
+
+
+_FOOTNOTE = [
+    "tokens/s: mean over prompts of per-prompt tokens/s. Speedup: mean method tokens/s over mean",
+    "baseline tokens/s, same prompts (Spec-Bench). Mean accepted: tokens per target forward,",
+    "bonus included, prefill excluded. Near-tie: the first differing token is within the",
+    "tolerance of the target's top logit at that position (floating-point order), not an error.",
+    "",
+]
+
+
+def _status(result: dict) -> list[str]:
     if result.get("interrupted"):
-        out += ["**Interrupted:** partial results (the prompts finished before the stop).", ""]
-    elif result.get("complete") is False:
-        out += ["**Incomplete:** the run has not finished (or crashed); partial results.", ""]
-    machine = meta.get("machine", {})
+        return ["**Interrupted:** partial results (the prompts finished before the stop).", ""]
+    if result.get("complete") is False:
+        return ["**Incomplete:** the run has not finished (or crashed); partial results.", ""]
+    return []
+
+
+def _meta_list(meta: dict) -> list[str]:
     rows = [
         ("model", meta.get("model")),
         ("draft", meta.get("draft")),
         ("device", meta.get("device")),
         ("dtype", meta.get("dtype")),
-        ("machine", _machine_line(machine)),
+        ("machine", _machine_line(meta.get("machine", {}))),
         ("torch / transformers", f"{meta.get('torch')} / {meta.get('transformers')}"),
         ("prompts", _prompts_line(meta)),
         ("max new tokens", meta.get("max_new_tokens")),
@@ -57,14 +81,11 @@ def markdown_report(result: dict) -> str:
         ("date", meta.get("date")),
         ("command", f"`{meta['command']}`" if meta.get("command") else None),
     ]
-    for k, v in rows:
-        if v is not None:
-            out.append(f"- {k}: {v}")
-    out.append("")
+    return [f"- {k}: {v}" for k, v in rows if v is not None] + [""]
 
-    base = meta.get("baseline") or "baseline"
-    ref = meta.get("reference") or "ar"
-    out += [
+
+def _overall_table(summary: dict, base: str, ref: str) -> list[str]:
+    out = [
         "## Overall",
         "",
         f"| method | tokens/s | speedup vs {base} | mean accepted | identical to {ref} | peak memory MB | prompts |",
@@ -76,85 +97,84 @@ def markdown_report(result: dict) -> str:
             f"{'x' if s.get('speedup') is not None else ''} | {_fmt(s.get('mean_accepted'), '.2f')} "
             f"| {_identity_cell(s)} | {_fmt(s.get('peak_memory_mb'), '.0f')} | {s.get('prompts', '-')} |"
         )
-    out.append("")
+    return [*out, ""]
 
+
+def _step_table(summary: dict) -> list[str]:
     phased = {m: s["step_ms"] for m, s in summary.items() if s.get("step_ms")}
-    if phased:
-        out += [
-            "## Where a step's time goes",
-            "",
-            "Milliseconds per decoding step (mean over prompts), the project's methods only:",
-            "drafting, the target's forward, verification and commit, the drafter's learning.",
-            "",
-            "| method | draft | forward | verify | learn | total | tokens per step |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for m, ph in phased.items():
-            parts = [ph.get(k) for k in ("draft", "forward", "verify", "learn")]
-            total = sum(x for x in parts if x is not None)
-            cells = " | ".join(_fmt(x, ".1f") for x in parts)
-            out.append(f"| {m} | {cells} | {total:.1f} | {_fmt(summary[m].get('mean_accepted'), '.2f')} |")
-        out.append("")
-
-    methods = list(summary)
-    if categories and methods:
-        out += [
-            f"## Speedup vs {base} by category (tokens/s in brackets)",
-            "",
-            "| category | " + " | ".join(methods) + " |",
-            "|---|" + "---:|" * len(methods),
-        ]
-        for c, per in categories.items():
-            cells = []
-            for m in methods:
-                s = per.get(m)
-                if not s:
-                    cells.append("-")
-                    continue
-                sp = s.get("speedup")
-                tps = _fmt(s.get("tokens_per_second"), ".1f")
-                cells.append(f"{sp:.2f}x ({tps})" if sp is not None else f"- ({tps})")
-            out.append(f"| {c} | " + " | ".join(cells) + " |")
-        out.append("")
-
-    hists = {m: s.get("accept_histogram") for m, s in summary.items() if s.get("accept_histogram")}
-    if hists:
-        lengths = sorted({int(k) for h in hists.values() for k in h})
-        out += [
-            "## Accepted tokens per step (share of steps)",
-            "",
-            "| method | " + " | ".join(str(n) for n in lengths) + " |",
-            "|---|" + "---:|" * len(lengths),
-        ]
-        for m, h in hists.items():
-            total = sum(h.values()) or 1
-            cells = [f"{100 * h.get(str(n), 0) / total:.0f}%" for n in lengths]
-            out.append(f"| {m} | " + " | ".join(cells) + " |")
-        out.append("")
-
-    curve = result.get("latency_curve")
-    if curve:
-        ns, secs = curve.get("ns", []), curve.get("seconds", [])
-        if ns and secs:
-            t1 = secs[0]
-            out += [
-                f"## Target forward latency t(n) ({curve.get('device')}, {curve.get('dtype')})",
-                "",
-                "| tokens scored n | ms | t(n) / t(1) |",
-                "|---:|---:|---:|",
-            ]
-            for n, s in zip(ns, secs, strict=False):
-                out.append(f"| {n} | {1000 * s:.2f} | {s / t1:.2f} |")
-            out.append("")
-
-    out += [
-        "tokens/s: mean over prompts of per-prompt tokens/s. Speedup: mean method tokens/s over mean",
-        "baseline tokens/s, same prompts (Spec-Bench). Mean accepted: tokens per target forward,",
-        "bonus included, prefill excluded. Near-tie: the first differing token is within the",
-        "tolerance of the target's top logit at that position (floating-point order), not an error.",
+    if not phased:
+        return []
+    out = [
+        "## Where a step's time goes",
         "",
+        "Milliseconds per decoding step (mean over prompts), the project's methods only:",
+        "drafting, the target's forward, verification and commit, the drafter's learning.",
+        "",
+        "| method | draft | forward | verify | learn | total | tokens per step |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    return "\n".join(out)
+    for m, ph in phased.items():
+        parts = [ph.get(k) for k in ("draft", "forward", "verify", "learn")]
+        total = sum(x for x in parts if x is not None)
+        cells = " | ".join(_fmt(x, ".1f") for x in parts)
+        out.append(f"| {m} | {cells} | {total:.1f} | {_fmt(summary[m].get('mean_accepted'), '.2f')} |")
+    return [*out, ""]
+
+
+def _category_table(categories: dict, methods: list[str], base: str) -> list[str]:
+    if not categories or not methods:
+        return []
+    out = [
+        f"## Speedup vs {base} by category (tokens/s in brackets)",
+        "",
+        "| category | " + " | ".join(methods) + " |",
+        "|---|" + "---:|" * len(methods),
+    ]
+    for c, per in categories.items():
+        cells = []
+        for m in methods:
+            s = per.get(m)
+            if not s:
+                cells.append("-")
+                continue
+            sp = s.get("speedup")
+            tps = _fmt(s.get("tokens_per_second"), ".1f")
+            cells.append(f"{sp:.2f}x ({tps})" if sp is not None else f"- ({tps})")
+        out.append(f"| {c} | " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
+def _histogram_table(summary: dict) -> list[str]:
+    hists = {m: s.get("accept_histogram") for m, s in summary.items() if s.get("accept_histogram")}
+    if not hists:
+        return []
+    lengths = sorted({int(k) for h in hists.values() for k in h})
+    out = [
+        "## Accepted tokens per step (share of steps)",
+        "",
+        "| method | " + " | ".join(str(n) for n in lengths) + " |",
+        "|---|" + "---:|" * len(lengths),
+    ]
+    for m, h in hists.items():
+        total = sum(h.values()) or 1
+        cells = [f"{100 * h.get(str(n), 0) / total:.0f}%" for n in lengths]
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
+def _latency_table(curve: dict | None) -> list[str]:
+    ns, secs = (curve.get("ns", []), curve.get("seconds", [])) if curve else ([], [])
+    if not ns or not secs:
+        return []
+    t1 = secs[0]
+    out = [
+        f"## Target forward latency t(n) ({curve.get('device')}, {curve.get('dtype')})",
+        "",
+        "| tokens scored n | ms | t(n) / t(1) |",
+        "|---:|---:|---:|",
+    ]
+    out += [f"| {n} | {1000 * s:.2f} | {s / t1:.2f} |" for n, s in zip(ns, secs, strict=False)]
+    return [*out, ""]
 
 
 def _machine_line(machine: dict) -> str | None:

@@ -49,7 +49,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g = p.add_argument_group("models")
+    _add_model_options(p.add_argument_group("models"))
+    _add_method_options(p.add_argument_group("methods"))
+    _add_prompt_options(p.add_argument_group("prompts"))
+    _add_decoding_options(p.add_argument_group("decoding"))
+    _add_output_options(p.add_argument_group("output"))
+    p.set_defaults(func=run)
+    return p
+
+
+def _add_model_options(g) -> None:
     g.add_argument(
         "--model",
         default=None,
@@ -60,7 +69,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         g, threads_help="torch CPU threads (default: torch's choice); recorded in the result"
     )
 
-    g = p.add_argument_group("methods")
+
+def _add_method_options(g) -> None:
     g.add_argument(
         "--methods", default="hf-ar,hf-pld,ar,pld", help="comma-separated method names (default: %(default)s)"
     )
@@ -72,7 +82,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="an option for one method, e.g. pld.draft_len=5 (repeatable)",
     )
 
-    g = p.add_argument_group("prompts")
+
+def _add_prompt_options(g) -> None:
     src = g.add_mutually_exclusive_group()
     src.add_argument(
         "--dataset", choices=["spec-bench"], default=None, help="an embedded prompt set (default: spec-bench)"
@@ -93,7 +104,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     g.add_argument("--raw", action="store_true", help="feed prompts as plain text, without the chat template")
 
-    g = p.add_argument_group("decoding")
+
+def _add_decoding_options(g) -> None:
     g.add_argument(
         "--max-new-tokens",
         type=int,
@@ -129,7 +141,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="logit gap under which a differing token counts as a floating-point near-tie (default by dtype: 1e-3 float32, 0.05 float16, 0.25 bfloat16)",
     )
 
-    g = p.add_argument_group("output")
+
+def _add_output_options(g) -> None:
     g.add_argument(
         "--out",
         default="bench-results.json",
@@ -150,8 +163,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="print what changed between two result files, and exit",
     )
-    p.set_defaults(func=run)
-    return p
 
 
 def _split(text: str | None) -> list[str] | None:
