@@ -10,13 +10,8 @@ import os
 from pathlib import Path
 
 from specdecode.errors import SpecDecodeError
-from specdecode.files import clean_stale_temps, ensure_writable, temp_sibling
+from specdecode.files import ensure_writable
 from specdecode.models.quiet import one_line
-
-# clean_stale_temps and temp_sibling are re-exported for the drafter that still writes its file
-# by hand (recycling.py); new code uses specdecode.files.atomic_file. To be dropped from here
-# once nothing imports them from this module.
-__all__ = ["cache_dir", "check_writable", "clean_stale_temps", "temp_sibling"]
 
 
 def cache_dir() -> Path:
