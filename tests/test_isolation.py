@@ -137,11 +137,12 @@ def test_a_seed_fixes_the_text_for_every_method_and_call(peaky, method):
 
 
 def test_without_a_seed_or_with_residual_coupling_the_seed_promise_is_weaker(peaky):
-    """What the README says: with ``coupling="residual"`` a seed reproduces the text of a
-    drafter whose state is the same (a new decoder), not of one that has learned since."""
+    """What the README says: with ``coupling="residual"`` a seed reproduces the text when the
+    drafts are the same: a new decoder of a method whose drafts depend only on the text and
+    what it learned (``pld`` here; not those that also size drafts by measured drafting time)."""
     cfg = SamplingConfig(temperature=1.0, seed=5, coupling="residual")
-    a = build_decoder("recycling", peaky).generate_ids(PROMPTS[1], max_new_tokens=N, sampling=cfg)
-    b = build_decoder("recycling", peaky).generate_ids(PROMPTS[1], max_new_tokens=N, sampling=cfg)
+    a = build_decoder("pld", peaky).generate_ids(PROMPTS[1], max_new_tokens=N, sampling=cfg)
+    b = build_decoder("pld", peaky).generate_ids(PROMPTS[1], max_new_tokens=N, sampling=cfg)
     assert a.token_ids == b.token_ids
     assert not cfg.gumbel and SamplingConfig(temperature=1.0, seed=5).gumbel
     assert not SamplingConfig(temperature=1.0).gumbel and not SamplingConfig(seed=5).gumbel
