@@ -60,11 +60,12 @@ def parse_args(argv=None):
     p.add_argument("--model", default="default")
     p.add_argument("--methods", default="ar,hybrid")
     p.add_argument("--levels", default="1,4,16", help="concurrency levels")
-    p.add_argument("--requests", default="4,8,16", help="requests per level: the first N prompts")
+    p.add_argument("--requests", default="4,4,16", help="requests per level: the first N prompts")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds one request may take")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--max-active", type=int, default=8, help="the server's --max-active")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--prediction-max-tokens", type=int, default=320)
+    p.add_argument("--prediction-max-tokens", type=int, default=256)
     p.add_argument("--prediction-repeats", type=int, default=1)
     p.add_argument("--chat-template", default=None, help="passed to specdecode serve")
     p.add_argument("--out", required=True, help="output path without extension")
@@ -96,16 +97,21 @@ def chat_request(text: str, method: str, max_tokens: int, **extra) -> dict:
     }
 
 
-def load_levels(url: str, args, prompts: list[str]) -> list[dict]:
+def load_levels(url: str, args, prompts: list[str], rows: list, save) -> None:
     """Every method at every level; each answer is checked against `ar`'s answer to the same
     prompt at the lowest concurrency that served it (1 for the first prompts)."""
-    rows, reference = [], {}
+    reference = {}
     levels = [int(x) for x in args.levels.split(",")]
     counts = [int(x) for x in args.requests.split(",")]
     for method in args.methods.split(","):
         run_load(url, [chat_request(prompts[0], method, 8)], 1)  # warm-up
         for level, n in zip(levels, counts, strict=True):
-            report = run_load(url, [chat_request(p, method, args.max_tokens) for p in prompts[:n]], level)
+            report = run_load(
+                url,
+                [chat_request(p, method, args.max_tokens) for p in prompts[:n]],
+                level,
+                timeout=args.timeout,
+            )
             texts = [o.text for o in report.outcomes]
             for i, text in enumerate(texts):
                 if text is not None:
@@ -117,13 +123,12 @@ def load_levels(url: str, args, prompts: list[str]) -> list[dict]:
             )
             row["reference_levels"] = sorted({reference[i][1] for i in range(n) if i in reference})
             rows.append(row)
+            save()
             print(json.dumps({k: v for k, v in row.items() if k != "texts"}), file=sys.stderr)
-    return rows
 
 
-def prediction_case(url: str, args) -> list[dict]:
+def prediction_case(url: str, args, rows: list, save) -> None:
     prompt = f"{EDIT}\n\n```python\n{SNIPPET}```"
-    rows = []
     for method in args.methods.split(","):
         runs: dict[bool, list] = {False: [], True: []}
         for _ in range(args.prediction_repeats):
@@ -131,10 +136,11 @@ def prediction_case(url: str, args) -> list[dict]:
                 extra = {"prediction": {"type": "content", "content": SNIPPET}} if predicted else {}
                 req = chat_request(prompt, method, args.prediction_max_tokens)
                 req["extra_body"] |= extra
-                runs[predicted].append(run_load(url, [req], 1).outcomes[0])
+                runs[predicted].append(run_load(url, [req], 1, timeout=args.timeout).outcomes[0])
         base = runs[False][0].text
         for predicted, outs in runs.items():
             rows.append(_prediction_row(method, predicted, outs, base))
+            save()
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "text"}), file=sys.stderr)
     return rows
 
@@ -212,23 +218,29 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server on the way out
     n = max(int(x) for x in args.requests.split(","))
     prompts = [p.text for p in round_robin(load_prompts(dataset="spec-bench", n_per_category=3))][:n]
-    result = {"args": vars(args), "machine": machine(), "command": " ".join(sys.argv)}
+    result = {"args": vars(args), "machine": machine(), "command": " ".join(sys.argv), "load": []}
+    result["prediction"] = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every row: an interrupted run keeps what it measured
+        result["load_after"] = os.getloadavg()
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+        out.with_suffix(".md").write_text(markdown(result))
+
     proc, url = start_server(args)
     try:
         start = time.time()
-        result["load"] = load_levels(url, args, prompts)
-        result["prediction"] = prediction_case(url, args)
+        load_levels(url, args, prompts, result["load"], save)
+        prediction_case(url, args, result["prediction"], save)
         result["seconds"] = round(time.time() - start, 1)
+        save()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
-    result["load_after"] = os.getloadavg()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
     return 0
 

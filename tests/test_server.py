@@ -167,7 +167,11 @@ def test_the_method_per_request_changes_speed_not_text(client):
     for method in ("pld", "hybrid", "lookahead"):
         r = chat(client, extra_body={"specdecode": {"method": method}}, **GREEDY)
         assert r.choices[0].message.content == ar.choices[0].message.content
-        assert r.usage.model_extra["specdecode"]["method"] == method
+        ext = r.usage.model_extra["specdecode"]
+        assert ext["method"] == method
+        # the prefill's token, then per forward the accepted draft tokens and one more
+        assert r.usage.completion_tokens <= 1 + ext["steps"] + ext["accepted"]
+        assert ext["mean_accepted"] >= 1.0 and ext["drafted"] >= ext["accepted"]
 
 
 def test_stop_strings(client):
@@ -423,6 +427,15 @@ def test_a_full_queue_is_a_429(lm):
         waiting.join(30)
         assert statuses == [200]  # the one that waited was served once the first went away
         assert 'specdecode_rejected_requests_total{status="429"} 1.0' in c.get("/metrics").text
+
+
+def test_a_draining_server_answers_503(lm):
+    app = create_app(lm, ServerConfig())
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        app.state.server.scheduler.drain()  # what SIGTERM does first
+        r = c.post("/v1/chat/completions", json={"messages": CHAT, "max_tokens": 4})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down"
+        assert c.get("/health").status_code == 503 and c.get("/health").json()["status"] == "draining"
 
 
 # ---------------------------------------------------------------------------- load and metrics
