@@ -53,9 +53,19 @@ OWN, EARLIER = 0, 1  # the sources: this request's text, earlier requests' texts
 # Rate buckets: match length 1, 2, 3-4, 5-8, 9-16, 17+; depth 1, 2, 3-4, 5-8, 9+; frequency quarters.
 N_MATCH, N_DEPTH, N_FREQ = 6, 5, 4
 N_BUCKETS = 2 * N_MATCH * N_DEPTH * N_FREQ
-# Priors of P(node accepted | parent accepted): by the frequency bin and the match length bucket.
-PRIOR_FREQ = (0.25, 0.5, 0.7, 0.85)
-PRIOR_MATCH = (0.3, 0.45, 0.6, 0.7, 0.8, 0.85)
+# Priors of P(node accepted | parent accepted) in this request's text, by match length bucket
+# (rows) and frequency bin (columns); roughly as measured with SmolLM2-135M on Spec-Bench prompts.
+PRIOR = (
+    (0.05, 0.15, 0.4, 0.5),
+    (0.1, 0.25, 0.45, 0.6),
+    (0.15, 0.35, 0.7, 0.8),
+    (0.2, 0.4, 0.75, 0.85),
+    (0.25, 0.45, 0.8, 0.9),
+    (0.3, 0.5, 0.85, 0.95),
+)
+# Earlier requests' texts: the same, times this per match length bucket (short matches in a
+# large memory are mostly chance).
+PRIOR_EARLIER = (0.4, 0.6, 0.8, 0.9, 1.0, 1.0)
 
 
 def bucket(source: int, matched: int, depth: int, freq: float) -> int:
@@ -68,7 +78,11 @@ def bucket(source: int, matched: int, depth: int, freq: float) -> int:
 
 
 def prior_rates() -> list[float]:
-    return [PRIOR_MATCH[b // (N_DEPTH * N_FREQ) % N_MATCH] * PRIOR_FREQ[b % N_FREQ] for b in range(N_BUCKETS)]
+    rates = []
+    for b in range(N_BUCKETS):
+        source, m, f = b // (N_MATCH * N_DEPTH * N_FREQ), b // (N_DEPTH * N_FREQ) % N_MATCH, b % N_FREQ
+        rates.append(PRIOR[m][f] * (PRIOR_EARLIER[m] if source == EARLIER else 1.0))
+    return rates
 
 
 def default_memory_path(model_key: str) -> Path:
@@ -88,7 +102,7 @@ class SuffixDrafter(CandidateDrafter):
         max_depth: Annotated[int, "deepest draft node", at_least(1)] = 24,
         max_spec_factor: Annotated[
             float, "draft no deeper than this times the matched length (at least 1)", at_least(0.0)
-        ] = 2.0,
+        ] = 4.0,
         min_token_prob: Annotated[
             float, "drop a node whose path followed the match less often than this", in_range(0.0, 1.0)
         ] = 0.1,
