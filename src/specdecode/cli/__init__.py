@@ -26,7 +26,7 @@ import sys
 from specdecode import __version__
 from specdecode.errors import SpecDecodeError
 
-COMMANDS = ["generate", "methods", "bench", "calibrate", "serve"]
+COMMANDS = ["generate", "methods", "bench", "calibrate", "serve", "audit"]
 
 DESCRIPTION = """\
 Fast, lossless decoding for Hugging Face causal language models.
