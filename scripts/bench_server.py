@@ -67,6 +67,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prediction-max-tokens", type=int, default=256)
     p.add_argument("--prediction-repeats", type=int, default=1)
+    p.add_argument("--parts", default="load,prediction", help="what to run: load, prediction or both")
     p.add_argument("--chat-template", default=None, help="passed to specdecode serve")
     p.add_argument("--out", required=True, help="output path without extension")
     return p.parse_args(argv)
@@ -127,22 +128,35 @@ def load_levels(url: str, args, prompts: list[str], rows: list, save) -> None:
             print(json.dumps({k: v for k, v in row.items() if k != "texts"}), file=sys.stderr)
 
 
+def edit_prompt(model: str, chat_template: str | None = None) -> str:
+    """The edit request as a raw prompt: the chat template's text with the assistant's answer
+    begun by a code fence, as a code-editing client that prefills the answer sends it (a 135M
+    model asked in plain chat talks about the code instead of rewriting it)."""
+    from specdecode.models import load_model
+
+    tok = load_model(model, device="cpu").tokenizer
+    if chat_template:
+        tok.chat_template = Path(chat_template).read_text()
+    messages = [{"role": "user", "content": f"{EDIT}\n\n```python\n{SNIPPET}```"}]
+    return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + "```python\n"
+
+
 def prediction_case(url: str, args, rows: list, save) -> None:
-    prompt = f"{EDIT}\n\n```python\n{SNIPPET}```"
+    prompt = edit_prompt(args.model, args.chat_template)
     for method in args.methods.split(","):
         runs: dict[bool, list] = {False: [], True: []}
         for _ in range(args.prediction_repeats):
             for predicted in (False, True):
                 extra = {"prediction": {"type": "content", "content": SNIPPET}} if predicted else {}
-                req = chat_request(prompt, method, args.prediction_max_tokens)
-                req["extra_body"] |= extra
+                req = {"endpoint": "completions", "model": "default", "prompt": prompt, "temperature": 0}
+                req |= {"max_tokens": args.prediction_max_tokens, "stop": ["```"]}
+                req["extra_body"] = {"specdecode": {"method": method}, **extra}
                 runs[predicted].append(run_load(url, [req], 1, timeout=args.timeout).outcomes[0])
         base = runs[False][0].text
         for predicted, outs in runs.items():
             rows.append(_prediction_row(method, predicted, outs, base))
             save()
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "text"}), file=sys.stderr)
-    return rows
 
 
 def _prediction_row(method: str, predicted: bool, outs: list, base: str) -> dict:
@@ -179,13 +193,33 @@ def machine() -> dict:
 
 def markdown(result: dict) -> str:
     a = result["args"]
+    load = (
+        [round(x, 2) for x in result["machine"]["load_average"]],
+        [round(x, 2) for x in result["load_after"]],
+    )
     lines = [
-        f"# `specdecode serve` load test: {a['model']} model",
+        f"# `specdecode serve` benchmark: {a['model']} model",
+        "",
+        f"Server `--max-active {a['max_active']}`, {a['threads']} torch threads; greedy. Load average (1, 5, "
+        f"15 min) before / after: {load[0]} / {load[1]}. Command: `{result['command']}`.",
+    ]
+    if result["load"]:
+        lines += _load_table(result)
+    if result["prediction"]:
+        lines += _prediction_table(result)
+    return "\n".join(lines) + "\n"
+
+
+def _load_table(result: dict) -> list[str]:
+    a = result["args"]
+    lines = [
+        "",
+        "## Load test",
         "",
         f"Chat requests: the first {a['requests']} Spec-Bench prompts (round-robin over the categories) at "
-        f"concurrency {a['levels']}; greedy, "
-        f"at most {a['max_tokens']} new tokens; server `--max-active {a['max_active']}`, {a['threads']} torch "
-        f"threads. Load average before / after: {result['machine']['load_average']} / {result['load_after']}.",
+        f"concurrency {a['levels']}, at most {a['max_tokens']} new tokens. Tokens/s: all completion tokens "
+        "over the level's wall time. Identical: the answer equals `ar`'s to the same prompt at the lowest "
+        "concurrency that served it.",
         "",
         "| method | concurrency | requests ok | p50 latency s | p95 latency s | p50 first token s | tokens/s | "
         "mean accepted | identical to ar |",
@@ -197,11 +231,19 @@ def markdown(result: dict) -> str:
             f"{r['latency_p95_s']} | {r['first_token_p50_s']} | {r['tokens_per_second']} | {r['mean_accepted']} | "
             f"{r['identical_to_reference']}/{r['requests']} |"
         )
-    lines += ["", "## Predicted Outputs: an edit of a code snippet", "", f"Prompt: {EDIT} (the snippet: "]
-    lines[-1] += (
-        f"{len(SNIPPET.splitlines())} lines); prediction: the snippet. Median of {a['prediction_repeats']} runs."
-    )
-    lines += [
+    return lines
+
+
+def _prediction_table(result: dict) -> list[str]:
+    a = result["args"]
+    lines = [
+        "",
+        "## Predicted Outputs: an edit of a code snippet",
+        "",
+        f"Prompt: {EDIT} The snippet ({len(SNIPPET.splitlines())} lines) follows in a fenced block; sent to "
+        "/v1/completions as the chat template's text with the answer begun by a code fence, stop at the "
+        f"closing fence; the prediction is the snippet. At most {a['prediction_max_tokens']} new tokens; "
+        f"median of {a['prediction_repeats']} run(s).",
         "",
         "| method | prediction | latency s | tokens | tokens/s | mean accepted | accepted prediction tokens | "
         "rejected prediction tokens | identical to no prediction |",
@@ -213,7 +255,7 @@ def markdown(result: dict) -> str:
             f"{r['tokens_per_second']} | {r['mean_accepted']} | {r['accepted_prediction_tokens']} | "
             f"{r['rejected_prediction_tokens']} | {'yes' if r['identical_to_no_prediction'] else 'NO'} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv=None) -> int:
@@ -234,8 +276,10 @@ def main(argv=None) -> int:
     proc, url = start_server(args)
     try:
         start = time.time()
-        load_levels(url, args, prompts, result["load"], save)
-        prediction_case(url, args, result["prediction"], save)
+        if "load" in args.parts.split(","):
+            load_levels(url, args, prompts, result["load"], save)
+        if "prediction" in args.parts.split(","):
+            prediction_case(url, args, result["prediction"], save)
         result["seconds"] = round(time.time() - start, 1)
         save()
     finally:
