@@ -117,6 +117,9 @@ def _methods(text: str, option_items: list[str], draft) -> list[tuple[str, dict]
     names = [t.strip() for t in text.split(",") if t.strip()]
     if names == ["all"]:
         names = [m.name for m in list_methods() if draft or not m.needs_draft]
+        skipped = [m.name for m in list_methods() if m.needs_draft and not draft]
+        if skipped:
+            print(f"audit: without --draft, leaving out {', '.join(skipped)}", file=sys.stderr)
     if not names:
         raise SpecDecodeError("--method needs a method name (see `specdecode methods`)")
     dupes = sorted({n for n in names if names.count(n) > 1})
