@@ -26,7 +26,7 @@ import sys
 from specdecode import __version__
 from specdecode.errors import SpecDecodeError
 
-COMMANDS = ["generate", "methods", "bench", "calibrate", "serve", "audit"]
+COMMANDS = ["generate", "methods", "models", "bench", "calibrate", "serve", "audit"]
 
 DESCRIPTION = """\
 Fast, lossless decoding for Hugging Face causal language models.
@@ -42,6 +42,7 @@ examples:
   specdecode generate --method pld --json "Summarize: ..."
   echo "Explain KV caches." | specdecode generate -
   specdecode methods
+  specdecode generate --model qwen2.5-coder-0.5b "Write a binary search in Python."
   specdecode bench --dataset spec-bench --n-per-category 10 --out results.json
 
 `specdecode COMMAND --help` tells more about each command."""

