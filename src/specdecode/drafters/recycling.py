@@ -26,9 +26,7 @@ Measured figures: benchmarks/README.md.
 from __future__ import annotations
 
 import heapq
-import os
 import time
-import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -37,8 +35,8 @@ import torch
 
 from specdecode.budget import Budget, MaxNodes, policy_for
 from specdecode.drafters._estimates import AcceptanceRates
+from specdecode.drafters._state_file import PersistentState
 from specdecode.drafters.base import CandidateDrafter, Candidates, StepOutcome
-from specdecode.errors import SpecDecodeError
 from specdecode.registry import at_least, register
 
 FORMAT = "specdecode-recycling"
@@ -72,7 +70,11 @@ def default_matrix_path(model_key: str) -> Path:
     "recycling",
     "Token Recycling: a [vocab, k] matrix of the target's top-k next tokens, from every scored node",
 )
-class TokenRecycling(CandidateDrafter):
+class TokenRecycling(PersistentState, CandidateDrafter):
+    FILE_FORMAT, FILE_VERSION = FORMAT, FORMAT_VERSION
+    LABEL, WHAT, KIND, EMPTY = "recycling", "matrix", "token recycling matrix", "an empty matrix"
+    REQUIRED, PATH_OPTION = frozenset({"matrix"}), "matrix_file"
+
     def __init__(
         self,
         ctx,
@@ -201,17 +203,8 @@ class TokenRecycling(CandidateDrafter):
             if self._unsaved >= self.save_every or any(t in self.eos for t in verdict.tokens):
                 self._autosave()
 
-    # ---- persistence ----------------------------------------------------------------------
-    def save(self, path: str | os.PathLike | None = None) -> Path:
-        """Write the matrix (and the rank statistics) to ``path`` (default: the drafter's file)
-        as safetensors, atomically; returns the path."""
-        from safetensors.torch import save_file
-
-        from specdecode.files import atomic_file
-
-        target = Path(path).expanduser() if path is not None else self.path
-        if target is None:
-            raise SpecDecodeError("recycling: no file to save the matrix to: give a path or matrix_file=PATH")
+    # ---- persistence (PersistentState) ------------------------------------------------------
+    def _tensors(self):
         accepted, offered = self.rates.state()
         tensors = {
             "matrix": torch.from_numpy(self.rows.copy()),
@@ -220,72 +213,22 @@ class TokenRecycling(CandidateDrafter):
             "rank_accepted": torch.tensor(accepted, dtype=torch.float64).view(2, self.k),
             "rank_offered": torch.tensor(offered, dtype=torch.float64).view(2, self.k),
         }
-        metadata = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "model_key": self.model_key,
-            "vocab_size": str(self.vocab),
-            "k": str(self.k),
-        }
-        try:
-            with atomic_file(target) as tmp:
-                save_file(tensors, str(tmp), metadata=metadata)
-        except OSError as e:
-            raise SpecDecodeError(f"recycling: cannot save the matrix to {target}: {e}") from None
+        return tensors, {"k": str(self.k)}
+
+    def _saved(self) -> None:
         self._unsaved = 0
-        return target
 
-    def _autosave(self) -> None:
-        try:
-            self.save()
-        except SpecDecodeError as e:
-            warnings.warn(f"{e}; keeping it in memory only", stacklevel=2)
-            self.path = None
-
-    def load(self, path: str | os.PathLike, *, strict: bool = True) -> bool:
-        """Replace the matrix with the one saved in ``path``. A file that is unreadable or made for
-        another model or vocabulary raises :class:`SpecDecodeError` when ``strict``, else is
-        ignored with a warning (returns False). A different ``k`` is fine: columns are cut or
-        padded."""
-        path = Path(path).expanduser()
-        try:
-            rows, seeded, accepted, offered = self._read(path)
-        except SpecDecodeError as e:
-            if strict:
-                raise
-            warnings.warn(f"{e}; starting from an empty matrix", stacklevel=2)
-            return False
+    def _apply(self, state) -> None:
+        rows, seeded, accepted, offered = state
         self.rows[...] = rows
         self.seeded[...] = seeded
         if accepted is not None and offered is not None:
             self.rates.set_state(accepted, offered)
-        return True
 
-    def _read(self, path: Path):
-        from safetensors import SafetensorError, safe_open
-
-        def bad(why: str) -> SpecDecodeError:
-            return SpecDecodeError(f"recycling: {path} is not a usable matrix file: {why}")
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                keys = set(f.keys())
-                if meta.get("format") != FORMAT or "matrix" not in keys:
-                    raise bad("not a token recycling matrix")
-                if meta.get("version") != FORMAT_VERSION:
-                    raise bad(f"format version {meta.get('version')!r}, expected {FORMAT_VERSION}")
-                if meta.get("model_key") != self.model_key:
-                    raise bad(f"it was saved for model {meta.get('model_key')!r}, this is {self.model_key!r}")
-                matrix = f.get_tensor("matrix")
-                seeded = f.get_tensor("seeded") if "seeded" in keys else None
-                accepted = f.get_tensor("rank_accepted") if "rank_accepted" in keys else None
-                offered = f.get_tensor("rank_offered") if "rank_offered" in keys else None
-        except SpecDecodeError:
-            raise
-        except (OSError, SafetensorError, ValueError, RuntimeError) as e:
-            raise bad(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-        if meta.get("vocab_size") != str(self.vocab) or matrix.ndim != 2 or matrix.shape[0] != self.vocab:
+    def _decode(self, tensors, meta, bad):
+        """A different ``k`` is fine: columns are cut or padded."""
+        matrix = tensors["matrix"]
+        if matrix.ndim != 2 or matrix.shape[0] != self.vocab:
             raise bad(
                 f"vocabulary {meta.get('vocab_size')} / shape {tuple(matrix.shape)}, expected {self.vocab} rows"
             )
@@ -304,11 +247,12 @@ class TokenRecycling(CandidateDrafter):
             s = np.sort(m, axis=1)
             if ((s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)).any():
                 raise bad("a row repeats a token")
+        seeded = tensors.get("seeded")
         if seeded is None or seeded.shape != (self.vocab,):
             seeded = np.zeros(self.vocab, dtype=bool)
         else:
             seeded = seeded.numpy() != 0
-        stats = [self._fit_stats(t) for t in (accepted, offered)]
+        stats = [self._fit_stats(tensors.get(k)) for k in ("rank_accepted", "rank_offered")]
         if any(t is None for t in stats):
             stats = [None, None]
         return m, seeded, stats[0], stats[1]

@@ -30,8 +30,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-import os
-import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -40,10 +38,10 @@ import torch
 
 from specdecode.budget import Budget, MaxNodes, policy_for
 from specdecode.drafters._estimates import AcceptanceRates
+from specdecode.drafters._state_file import PersistentState
 from specdecode.drafters._suffix_automaton import Matcher, SharedMemory, SuffixAutomaton
 from specdecode.drafters.base import CandidateDrafter, Candidates, StepOutcome
 from specdecode.drafters.recycling import output_vocab_size
-from specdecode.errors import SpecDecodeError
 from specdecode.registry import at_least, in_range, register
 
 FORMAT = "specdecode-suffix"
@@ -95,7 +93,11 @@ def default_memory_path(model_key: str) -> Path:
     "suffix",
     "SuffixDecoding: frequency-scored trees of what followed the context's longest suffix, in this and earlier requests",
 )
-class SuffixDrafter(CandidateDrafter):
+class SuffixDrafter(PersistentState, CandidateDrafter):
+    FILE_FORMAT, FILE_VERSION = FORMAT, FORMAT_VERSION
+    LABEL, WHAT, KIND, EMPTY = "suffix", "suffix memory", "suffix memory", "an empty memory"
+    REQUIRED, PATH_OPTION = frozenset({"tokens", "lengths"}), "memory_file"
+
     def __init__(
         self,
         ctx,
@@ -213,17 +215,8 @@ class SuffixDrafter(CandidateDrafter):
         # Counts decay every step, drafted or not, so rates that fell too low to draft recover.
         self.rates.update([(b, ok) for buckets, ok in judged for b in buckets])
 
-    # ---- persistence ----------------------------------------------------------------------
-    def save(self, path: str | os.PathLike | None = None) -> Path:
-        """Write the memory (texts, oldest first) and the acceptance statistics to ``path``
-        (default: the drafter's file) as safetensors, atomically; returns the path."""
-        from safetensors.torch import save_file
-
-        from specdecode.files import atomic_file
-
-        target = Path(path).expanduser() if path is not None else self.path
-        if target is None:
-            raise SpecDecodeError("suffix: no file to save the memory to: give a path or memory_file=PATH")
+    # ---- persistence (PersistentState) ------------------------------------------------------
+    def _tensors(self):
         texts = list(self.memory.texts)
         flat = np.fromiter(itertools.chain.from_iterable(texts), dtype=np.int32, count=self.memory.tokens)
         accepted, offered = self.rates.state()
@@ -233,67 +226,18 @@ class SuffixDrafter(CandidateDrafter):
             "rate_accepted": torch.tensor(accepted, dtype=torch.float64),  # [N_BUCKETS]
             "rate_offered": torch.tensor(offered, dtype=torch.float64),  # [N_BUCKETS]
         }
-        metadata = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "model_key": self.model_key,
-            "vocab_size": str(self.vocab),
-        }
-        try:
-            with atomic_file(target) as tmp:
-                save_file(tensors, str(tmp), metadata=metadata)
-        except OSError as e:
-            raise SpecDecodeError(f"suffix: cannot save the memory to {target}: {e}") from None
-        return target
+        return tensors, {}
 
-    def _autosave(self) -> None:
-        try:
-            self.save()
-        except SpecDecodeError as e:
-            warnings.warn(f"{e}; keeping it in memory only", stacklevel=2)
-            self.path = None
-
-    def load(self, path: str | os.PathLike, *, strict: bool = True) -> bool:
-        """Replace the memory with the one saved in ``path`` (the newest texts that fit the cap).
-        A file that is unreadable, damaged or made for another model raises
-        :class:`SpecDecodeError` when ``strict``, else is ignored with a warning (returns False)."""
-        path = Path(path).expanduser()
-        try:
-            texts, accepted, offered = self._read(path)
-        except SpecDecodeError as e:
-            if strict:
-                raise
-            warnings.warn(f"{e}; starting from an empty memory", stacklevel=2)
-            return False
+    def _apply(self, state) -> None:
+        """The newest texts that fit the cap join the memory."""
+        texts, accepted, offered = state
         self.memory.replace(texts)
         if accepted is not None:
             self.rates.set_state(accepted, offered)
-        return True
 
-    def _read(self, path: Path):
-        from safetensors import SafetensorError, safe_open
-
-        def bad(why: str) -> SpecDecodeError:
-            return SpecDecodeError(f"suffix: {path} is not a usable suffix memory file: {why}")
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                keys = set(f.keys())
-                if meta.get("format") != FORMAT or not {"tokens", "lengths"} <= keys:
-                    raise bad("not a suffix memory")
-                if meta.get("version") != FORMAT_VERSION:
-                    raise bad(f"format version {meta.get('version')!r}, expected {FORMAT_VERSION}")
-                if meta.get("model_key") != self.model_key:
-                    raise bad(f"it was saved for model {meta.get('model_key')!r}, this is {self.model_key!r}")
-                if meta.get("vocab_size") != str(self.vocab):
-                    raise bad(f"vocabulary {meta.get('vocab_size')}, expected {self.vocab}")
-                tokens, lengths = f.get_tensor("tokens"), f.get_tensor("lengths")
-                stats = [f.get_tensor(k) if k in keys else None for k in ("rate_accepted", "rate_offered")]
-        except SpecDecodeError:
-            raise
-        except (OSError, SafetensorError, ValueError, RuntimeError) as e:
-            raise bad(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    def _decode(self, tensors, meta, bad):
+        tokens, lengths = tensors["tokens"], tensors["lengths"]
+        stats = [tensors.get(k) for k in ("rate_accepted", "rate_offered")]
         if (
             tokens.dtype != torch.int32
             or tokens.ndim != 1
