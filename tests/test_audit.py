@@ -11,12 +11,10 @@ import torch
 from specdecode import engine
 from specdecode.audit import AuditConfig, AuditPrompt, audit
 from specdecode.cli import main
-from specdecode.lossless import PrefixCells, chi_square, pit_values, uniformity
+from specdecode.lossless import PrefixCells, chi_square, pit_values, uniformity, verify_without_residual
 from specdecode.models import loader
 from specdecode.models.testing import tiny_model_for_tests
-from specdecode.sampling import target_probs
 from specdecode.target import Target
-from specdecode.verify import Verdict, verify
 
 pytestmark = pytest.mark.usefixtures("private_cache")
 
@@ -51,27 +49,8 @@ def test_a_sound_method_passes(lm, other, method, samples):
     assert r.sampling.drafted > 1 and r.sampling.accepted > 0.2  # the check saw real drafts
 
 
-def wrong_verify(tree, logits, cfg, gen=None, *, noise=None, position=0):
-    """A classic bug: after a rejected draft token, sample from p instead of the residual."""
-    if cfg.greedy or noise is not None:
-        return verify(tree, logits, cfg, gen, noise=noise, position=position)
-    p_all, node, path = target_probs(logits, cfg), -1, []
-    while True:
-        p = p_all[node + 1]
-        for child in tree.children(node):
-            x = tree.tokens[child]
-            q_x = 1.0 if tree.draft_probs is None else float(tree.draft_probs[child][x])
-            if float(torch.rand((), generator=gen)) * q_x < float(p[x]):
-                path.append(child)
-                node = child
-                break
-        else:
-            resampled = int(torch.multinomial(p, 1, generator=gen))
-            return Verdict(path, [tree.tokens[i] for i in path] + [resampled])
-
-
 def test_a_wrong_resampling_rule_fails_the_sampling_check(lm, monkeypatch):
-    monkeypatch.setattr(engine, "verify", wrong_verify)
+    monkeypatch.setattr(engine, "verify", verify_without_residual)
     [r] = audit(lm, [HYBRID], PROMPTS, CFG)
     assert r.count("identical") == len(PROMPTS)  # greedy decoding does not use the rule
     assert r.sampling.pit_pvalue < 1e-6  # every position: the stronger test here
@@ -114,7 +93,7 @@ def test_the_command_prints_a_verdict_table_and_exits_0_or_1(prompt_file, capsys
     assert all(r.split()[1] == "3/3" and r.split()[-1] == "PASS" for r in rows)
     assert "100 samples of new tokens 1-8" in note
 
-    monkeypatch.setattr(engine, "verify", wrong_verify)
+    monkeypatch.setattr(engine, "verify", verify_without_residual)
     code, out, _ = cli(
         capsys,
         "--method",

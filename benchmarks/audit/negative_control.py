@@ -22,28 +22,8 @@ import torch
 from specdecode import engine
 from specdecode.audit import AuditConfig, AuditPrompt, audit
 from specdecode.bench.datasets import load_prompts, round_robin
+from specdecode.lossless import verify_without_residual
 from specdecode.models.loader import load_model
-from specdecode.sampling import target_probs
-from specdecode.verify import Verdict, verify
-
-
-def wrong_verify(tree, logits, cfg, gen=None, *, noise=None, position=0):
-    """After a rejected draft token, sample from p instead of the residual."""
-    if cfg.greedy or noise is not None:
-        return verify(tree, logits, cfg, gen, noise=noise, position=position)
-    p_all, node, path = target_probs(logits, cfg), -1, []
-    while True:
-        p = p_all[node + 1]
-        for child in tree.children(node):
-            x = tree.tokens[child]
-            q_x = 1.0 if tree.draft_probs is None else float(tree.draft_probs[child][x])
-            if float(torch.rand((), generator=gen)) * q_x < float(p[x]):
-                path.append(child)
-                node = child
-                break
-        else:
-            resampled = int(torch.multinomial(p, 1, generator=gen))
-            return Verdict(path, [tree.tokens[i] for i in path] + [resampled])
 
 
 def main() -> int:
@@ -58,7 +38,7 @@ def main() -> int:
     target = load_model("default", device="cpu")
     prompts = round_robin(load_prompts(dataset="spec-bench"))[: args.prompts]
     encoded = [AuditPrompt(p.id, target.encode_prompt(p.text)) for p in prompts]
-    engine.verify = wrong_verify  # the engine calls verify through its module
+    engine.verify = verify_without_residual  # the engine calls verify through its module
     cfg = AuditConfig(samples=args.samples, tokens=args.tokens, max_new_tokens=8)
     methods = [(m, {}) for m in args.methods.split(",")]
     log = lambda s: print(f"audit: {s}", file=sys.stderr)  # noqa: E731

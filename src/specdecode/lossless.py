@@ -229,3 +229,30 @@ def uniformity(
     bins = max(2, min(bins, int(len(values) / min_expected)))
     counts = Counter(min(int(u * bins), bins - 1) for u in values)
     return chi_square(counts, {b: 1.0 / bins for b in range(bins)}, min_expected=0.0)
+
+
+# ---- negative control --------------------------------------------------------------------------
+def verify_without_residual(tree, logits, cfg, gen=None, *, noise=None, position=0):
+    """A deliberately wrong verifier, the negative control of the sampling checks: after a
+    rejected draft token it samples from p instead of the residual norm(max(0, p - q)), the
+    classic speculative-sampling bug. Greedy decoding and the Gumbel coupling never use the
+    rule, so they go to :func:`specdecode.verify.verify` unchanged. Patched over
+    ``specdecode.engine.verify``, a sound check must fail (tests/test_audit.py,
+    benchmarks/audit/negative_control.py)."""
+    from specdecode.verify import Verdict, verify
+
+    if cfg.greedy or noise is not None:
+        return verify(tree, logits, cfg, gen, noise=noise, position=position)
+    p_all, node, path = target_probs(logits, cfg), -1, []
+    while True:
+        p = p_all[node + 1]
+        for child in tree.children(node):
+            x = tree.tokens[child]
+            q_x = 1.0 if tree.draft_probs is None else float(tree.draft_probs[child][x])
+            if float(torch.rand((), generator=gen)) * q_x < float(p[x]):
+                path.append(child)
+                node = child
+                break
+        else:
+            resampled = int(torch.multinomial(p, 1, generator=gen))
+            return Verdict(path, [tree.tokens[i] for i in path] + [resampled])
