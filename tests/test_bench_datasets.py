@@ -35,7 +35,7 @@ def test_read_jsonl_prompt_turns_ids_categories(tmp_path):
     ps = read_jsonl(path)
     assert ps == [
         Prompt("1", "default", "hello"),
-        Prompt("7", "chat", "first"),
+        Prompt("7", "chat", "first", ("first", "second")),
         Prompt("abc", "code", "x"),
     ]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -38,9 +38,18 @@ DEFAULT_CATEGORY = "default"
 
 @dataclass(frozen=True)
 class Prompt:
+    """One prompt of a set: ``text`` is its first (or only) user turn; ``turns`` holds every
+    user turn of a conversation, the first included (empty for a single-turn prompt)."""
+
     id: str
     category: str
     text: str
+    turns: tuple[str, ...] = ()
+
+    def user_turns(self, limit: int | None = None) -> list[str]:
+        """The user turns to run, at most ``limit`` of them (None: all), the first always."""
+        turns = list(self.turns) or [self.text]
+        return turns if limit is None else turns[: max(1, limit)]
 
 
 def spec_bench_path() -> Path:
@@ -52,7 +61,8 @@ def read_jsonl(path: str | Path, *, default_category: str = DEFAULT_CATEGORY) ->
     """Read prompts from a JSONL file.
 
     Each non-blank line is a JSON object with ``prompt`` (a string) or ``turns`` (a list of
-    strings; the first is used), and optionally ``category`` and ``id`` / ``question_id``.
+    strings: the user turns of a conversation; the first is the prompt, and ``bench --turns``
+    runs the others as follow-ups), and optionally ``category`` and ``id`` / ``question_id``.
     Prompts without an id get their 1-based line number. Raises SpecDecodeError naming the
     file and line for anything malformed (lone surrogates such as ``"\\ud800"`` included), and
     for a file with no prompts.
@@ -86,7 +96,7 @@ def read_jsonl(path: str | Path, *, default_category: str = DEFAULT_CATEGORY) ->
             raise SpecDecodeError(f"{where}: not valid JSON ({e.msg})") from None
         if not isinstance(obj, dict):
             raise SpecDecodeError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        text = _prompt_text(obj, where)
+        text, turns = _prompt_text(obj, where)
         pid = obj.get("id", obj.get("question_id", lineno))
         if not isinstance(pid, (str, int)) or isinstance(pid, bool):
             raise SpecDecodeError(f"{where}: 'id' must be a string or an integer")
@@ -99,28 +109,34 @@ def read_jsonl(path: str | Path, *, default_category: str = DEFAULT_CATEGORY) ->
             raise SpecDecodeError(f"{where}: 'category' must be a non-empty string")
         for name, value in (("id", pid), ("category", category)):
             _check_unicode(value, where, name)
-        prompts.append(Prompt(id=pid, category=category.strip(), text=text))
+        prompts.append(Prompt(id=pid, category=category.strip(), text=text, turns=turns))
     if not prompts:
         raise SpecDecodeError(f"prompt file {path} holds no prompts")
     return prompts
 
 
-def _prompt_text(obj: dict, where: str) -> str:
+def _prompt_text(obj: dict, where: str) -> tuple[str, tuple[str, ...]]:
+    """The prompt's first turn and all its turns (empty for a plain ``prompt``)."""
     if "prompt" in obj:
         text = obj["prompt"]
         if not isinstance(text, str):
             raise SpecDecodeError(f"{where}: 'prompt' must be a string")
+        turns: tuple[str, ...] = ()
     elif "turns" in obj:
-        turns = obj["turns"]
-        if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
+        raw = obj["turns"]
+        if not isinstance(raw, list) or not raw or not all(isinstance(t, str) for t in raw):
             raise SpecDecodeError(f"{where}: 'turns' must be a non-empty list of strings")
-        text = turns[0]
+        for k, t in enumerate(raw[1:], start=2):
+            if not t.strip():
+                raise SpecDecodeError(f"{where}: turn {k} is empty")
+            _check_unicode(t, where, f"turns[{k - 1}]")
+        text, turns = raw[0], tuple(raw)
     else:
         raise SpecDecodeError(f"{where}: a line needs 'prompt' (a string) or 'turns' (a list of strings)")
     if not text.strip():
         raise SpecDecodeError(f"{where}: the prompt is empty")
     _check_unicode(text, where, "prompt" if "prompt" in obj else "turns")
-    return text
+    return text, turns
 
 
 def _check_unicode(text: str, where: str, name: str) -> None:
@@ -138,7 +154,7 @@ def _check_unicode(text: str, where: str, name: str) -> None:
 
 def group_spec_bench(prompts: list[Prompt]) -> list[Prompt]:
     """Relabel the MT-bench categories as "mt_bench", as Spec-Bench reports them."""
-    return [Prompt(p.id, "mt_bench", p.text) if p.category in MT_BENCH_CATEGORIES else p for p in prompts]
+    return [replace(p, category="mt_bench") if p.category in MT_BENCH_CATEGORIES else p for p in prompts]
 
 
 def select(

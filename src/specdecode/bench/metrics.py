@@ -40,6 +40,13 @@ class PromptRecord:
     tie_gap: float | None = None
     # Engine methods: seconds per step phase (draft, forward, verify, learn) over the run.
     phase_seconds: dict[str, float] | None = None
+    # ``bench --turns``: the turn of the conversation (1, 2, ...; None when only first turns
+    # ran), and whether this method's input differed from the reference's (an earlier turn's
+    # answer differed), so the outputs were not compared on the same input.
+    turn: int | None = None
+    context_differs: bool | None = None
+    # The method that decoded, where the method chooses one (``auto``); else None.
+    method_ran: str | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -73,9 +80,9 @@ def tokens_per_second(records: Iterable[PromptRecord]) -> float | None:
 
 
 def speedup(records: Sequence[PromptRecord], baseline: Sequence[PromptRecord]) -> float | None:
-    """mean(method tok/s) / mean(baseline tok/s) over the prompts both ran; None if none."""
-    base = {r.prompt_id: r for r in baseline}
-    paired = [(r, base[r.prompt_id]) for r in records if r.prompt_id in base]
+    """mean(method tok/s) / mean(baseline tok/s) over the prompts (and turns) both ran; None if none."""
+    base = {(r.prompt_id, r.turn): r for r in baseline}
+    paired = [(r, base[r.prompt_id, r.turn]) for r in records if (r.prompt_id, r.turn) in base]
     if not paired:
         return None
     num = _mean([r.tokens_per_second for r, _ in paired])
@@ -185,7 +192,14 @@ def summarize_method(records: Sequence[PromptRecord], baseline: Sequence[PromptR
         "new_tokens_mean": _mean([r.new_tokens for r in records]),
         "seconds_total": sum(r.seconds for r in records),
         "step_ms": step_ms(records),
+        "ran": methods_ran(records),
     }
+
+
+def methods_ran(records: Sequence[PromptRecord]) -> dict[str, int] | None:
+    """For a method that chooses what decodes (``auto``): how many runs each choice made."""
+    ran = Counter(r.method_ran for r in records if r.method_ran is not None)
+    return dict(sorted(ran.items())) if ran else None
 
 
 def step_ms(records: Sequence[PromptRecord]) -> dict[str, float] | None:

@@ -38,6 +38,8 @@ def markdown_report(result: dict) -> str:
     out += _status(result)
     out += _meta_list(meta)
     out += _overall_table(summary, base, meta.get("reference") or "ar")
+    out += _turn_tables(result.get("turns") or {}, base, meta.get("reference") or "ar")
+    out += _differences_table(result, meta)
     out += _step_table(summary)
     out += _category_table(result.get("categories", {}), list(summary), base)
     out += _histogram_table(summary)
@@ -73,6 +75,7 @@ def _meta_list(meta: dict) -> list[str]:
         ("torch / transformers", f"{meta.get('torch')} / {meta.get('transformers')}"),
         ("prompts", _prompts_line(meta)),
         ("max new tokens", meta.get("max_new_tokens")),
+        ("turns", meta.get("turns") if meta.get("turns") not in (None, 1) else None),
         ("temperature", meta.get("temperature")),
         ("warm-up prompts", meta.get("warmup")),
         ("speedup baseline", meta.get("baseline")),
@@ -92,11 +95,62 @@ def _overall_table(summary: dict, base: str, ref: str) -> list[str]:
         "|---|---:|---:|---:|---|---:|---:|",
     ]
     for m, s in summary.items():
+        ran = s.get("ran")
+        name = f"{m} ({', '.join(f'{k} {v}' for k, v in ran.items())})" if ran else m
         out.append(
-            f"| {m} | {_fmt(s.get('tokens_per_second'), '.1f')} | {_fmt(s.get('speedup'), '.2f')}"
+            f"| {name} | {_fmt(s.get('tokens_per_second'), '.1f')} | {_fmt(s.get('speedup'), '.2f')}"
             f"{'x' if s.get('speedup') is not None else ''} | {_fmt(s.get('mean_accepted'), '.2f')} "
             f"| {_identity_cell(s)} | {_fmt(s.get('peak_memory_mb'), '.0f')} | {s.get('prompts', '-')} |"
         )
+    return [*out, ""]
+
+
+def _turn_tables(turns: dict, base: str, ref: str) -> list[str]:
+    """``bench --turns``: the overall table for each turn of the conversations."""
+    out: list[str] = []
+    for k, summary in turns.items():
+        table = _overall_table(summary, base, ref)
+        table[0] = f"## Turn {k}"
+        if k != "1":
+            table[1:1] = ["", "Each method's input: the conversation with its own earlier answers."]
+        out += table
+    return out
+
+
+def _differences_table(result: dict, meta: dict) -> list[str]:
+    """Every output that differs from the reference's: where, and how close to a tie the
+    target was there (the margin: the top logit minus the lower of the two tokens' logits)."""
+    rows = []
+    for p in result.get("prompts", []):
+        turns = p.get("turns") or {"": p.get("results", {})}
+        for k, runs in turns.items():
+            for m, r in runs.items():
+                if r.get("identical_to_ar") is False:
+                    rows.append((m, p.get("id"), k, r))
+    if not rows:
+        return []
+    tol = meta.get("tie_tolerance")
+    ref = meta.get("reference") or "ar"
+    has_turns = any(k for _, _, k, _ in rows)
+    out = [
+        f"## Outputs that differ from {ref}",
+        "",
+        f"Margin: the target's top logit minus the lower of the two outputs' tokens at the first "
+        f"difference, over the prompt and the common prefix; a near-tie when at most the tolerance"
+        f"{f' ({tol:g})' if tol is not None else ''}.",
+        "",
+        f"| method | prompt |{' turn |' if has_turns else ''} first differing token | margin | verdict |",
+        f"|---|---|{'---:|' if has_turns else ''}---:|---:|---|",
+    ]
+    for m, pid, k, r in rows:
+        if r.get("context_differs"):
+            margin, verdict = "-", "input differs (an earlier turn's answer differed"
+            verdict += ", a near-tie)" if r.get("near_tie") else ")"
+        else:
+            margin = _fmt(r.get("tie_gap"), ".3g")
+            verdict = "near-tie" if r.get("near_tie") else "REAL ERROR"
+        turn = f" {k} |" if has_turns else ""
+        out.append(f"| {m} | {pid} |{turn} {_fmt(r.get('first_difference'))} | {margin} | {verdict} |")
     return [*out, ""]
 
 

@@ -99,30 +99,27 @@ def build_result(
 ) -> dict:
     baseline = meta.get("baseline")
     summary, categories = summarize(records, methods, baseline)
-    by_prompt: dict[str, dict[str, PromptRecord]] = {}
+    by_prompt: dict[str, dict[int | None, dict[str, PromptRecord]]] = {}
     for r in records:
-        by_prompt.setdefault(r.prompt_id, {})[r.method] = r
+        by_prompt.setdefault(r.prompt_id, {}).setdefault(r.turn, {})[r.method] = r
     per_prompt = []
     for p, ids in prompts:
         runs = by_prompt.get(p.id)
         if not runs:
             continue
-        results = {}
-        for m in methods:
-            if m in runs:
-                d = runs[m].to_dict()
-                for k in ("prompt_id", "category", "method", "prompt_tokens"):
-                    d.pop(k)
-                results[m] = d
-        per_prompt.append(
-            {
-                "id": p.id,
-                "category": p.category,
-                "prompt_tokens": len(ids),
-                "preview": p.text[:100],
-                "results": results,
+        first = runs.get(None, runs.get(1, {}))
+        entry = {
+            "id": p.id,
+            "category": p.category,
+            "prompt_tokens": len(ids),
+            "preview": p.text[:100],
+            "results": _run_dicts(first, methods, keep_prompt_tokens=False),
+        }
+        if any(k is not None for k in runs):  # bench --turns: every turn, its input's length kept
+            entry["turns"] = {
+                str(k): _run_dicts(runs[k], methods, keep_prompt_tokens=True) for k in sorted(runs)
             }
-        )
+        per_prompt.append(entry)
     result = {
         "format": "specdecode-bench",
         "version": 1,
@@ -133,11 +130,29 @@ def build_result(
         "prompts": per_prompt,
         "meta": {**meta, "prompts_done": len(per_prompt)},
     }
+    turns = sorted({r.turn for r in records if r.turn is not None})
+    if turns:
+        result["turns"] = {
+            str(k): summarize([r for r in records if r.turn == k], methods, baseline)[0] for k in turns
+        }
     if error:
         result["error"] = error
     if latency_curve:
         result["latency_curve"] = latency_curve
     return result
+
+
+def _run_dicts(runs: dict[str, PromptRecord], methods: list[str], *, keep_prompt_tokens: bool) -> dict:
+    out = {}
+    for m in methods:
+        if m in runs:
+            d = runs[m].to_dict()
+            for k in ("prompt_id", "category", "method", "turn"):
+                d.pop(k)
+            if not keep_prompt_tokens:
+                d.pop("prompt_tokens")
+            out[m] = d
+    return out
 
 
 def run_meta(
@@ -181,6 +196,7 @@ def run_meta(
         "n_per_category": config.n_per_category,
         "n_prompts": len(prompts),
         "max_new_tokens": config.max_new_tokens,
+        "turns": "all" if config.turns is None else config.turns,
         "temperature": config.temperature,
         "top_k": config.top_k,
         "top_p": config.top_p,

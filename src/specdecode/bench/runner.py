@@ -12,6 +12,9 @@
   (:mod:`~specdecode.bench.measure`).
 - Under greedy decoding every output is compared with ``ar``'s; where one differs, one target
   forward over prompt + common prefix tells a floating-point near-tie from a real error.
+- Conversations (``turns``: 2 or None for all): a prompt with several user turns runs turn 1,
+  then each later turn with the earlier turns and *this method's own* answers before it
+  (:mod:`~specdecode.bench.conversation`); every turn is timed and recorded with its number.
 - After each prompt the JSON is rewritten atomically; Ctrl-C writes what was gathered, marked
   ``"interrupted": true`` (``specdecode bench`` turns a SIGTERM into the same interrupt).
 """
@@ -26,6 +29,7 @@ from pathlib import Path
 import torch
 
 from specdecode.bench.checks import check_prompt_lengths, check_run
+from specdecode.bench.conversation import encode_turn
 from specdecode.bench.datasets import Prompt, round_robin
 from specdecode.bench.measure import (
     TIE_TOLERANCE,
@@ -35,7 +39,7 @@ from specdecode.bench.measure import (
     rotation,
     timed_run,
 )
-from specdecode.bench.metrics import PromptRecord
+from specdecode.bench.metrics import PromptRecord, first_difference
 from specdecode.bench.results import build_result, check_out_path, run_meta, write_json_atomic, write_outputs
 from specdecode.errors import SpecDecodeError
 
@@ -76,6 +80,8 @@ class BenchConfig:
     calibration: str = "cached"  # "cached": show a cached curve; "measure": calibrate if missing; "off"
     command: str | None = None
     progress: bool = True
+    # user turns per prompt: 1 (the first only), k (the first k), None (all the prompt has)
+    turns: int | None = 1
 
 
 @dataclass
@@ -220,52 +226,98 @@ class _Run:
                     _warm_once(self.runners[m], m, ids, max_new_tokens, sampling)
                     bar.update()
 
+    @property
+    def multi_turn(self) -> bool:
+        return self.config.turns != 1
+
     def measure(self, *, after_prompt: Callable[[], None]) -> None:
         """Every prompt through every method, timed; ``after_prompt()`` when a prompt is done."""
         from tqdm.auto import tqdm
 
-        total = len(self.encoded) * len(self.methods)
+        turns = sum(len(p.user_turns(self.config.turns)) for p, _ in self.encoded)
+        total = turns * len(self.methods)
         # Timed round-robin over the categories (the first prompt of each, then the second, ...):
         # the machine's drift hits every category alike, and an interrupted run stays balanced.
         order = round_robin(list(range(len(self.encoded))), category=lambda j: self.encoded[j][0].category)
         with tqdm(total=total, desc="bench", unit="run", disable=not self.config.progress) as bar:
             for turn, i in enumerate(order):
-                done = self.measure_prompt(i, rotation(self.methods, turn), bar)
-                self.records.extend(done[m] for m in self.methods)
+                for done in self.measure_prompt(i, rotation(self.methods, turn), bar):
+                    self.records.extend(done[m] for m in self.methods)
                 after_prompt()
 
-    def measure_prompt(self, i: int, order: list[str], bar) -> dict[str, PromptRecord]:
-        """Prompt ``i`` through every method in ``order``; each output compared with the
-        reference's when there is one."""
-        prompt, ids = self.encoded[i]
+    def measure_prompt(self, i: int, order: list[str], bar) -> list[dict[str, PromptRecord]]:
+        """Prompt ``i`` through every method in ``order``, turn by turn (each method's later
+        turns after its own earlier answers); each output compared with the reference's when
+        there is one. One dict of records per turn."""
+        prompt, first_ids = self.encoded[i]
+        user_turns = prompt.user_turns(self.config.turns)
         sampling = self.sampling(None if self.greedy else self.config.seed + i)
-        done: dict[str, PromptRecord] = {}
-        for m in order:
-            bar.set_postfix_str(f"{prompt.id} {m}")
-            out, seconds, peak = timed_run(
-                self.runners[m], ids, max_new_tokens=self.config.max_new_tokens, sampling=sampling,
-                device=self.device, memory=self.memory,
-            )  # fmt: skip
-            done[m] = PromptRecord(
-                prompt_id=prompt.id,
-                category=prompt.category,
-                method=m,
-                prompt_tokens=len(ids),
-                new_tokens=len(out.token_ids),
-                seconds=seconds,
-                token_ids=out.token_ids,
-                steps=len(out.accepted_lengths) if out.accepted_lengths is not None else None,
-                accepted_lengths=out.accepted_lengths,
-                peak_memory_mb=peak,
-                finish_reason=out.finish_reason,
-                phase_seconds=out.phase_seconds,
+        answers: dict[str, list[list[int]]] = {m: [] for m in order}
+        per_turn: list[dict[str, PromptRecord]] = []
+        for k in range(1, len(user_turns) + 1):
+            inputs = {
+                m: encode_turn(self.target, user_turns, answers[m], first_ids, raw=self.config.raw)
+                for m in order
+            }
+            if k > 1:
+                self._check_turn_length(prompt, k, inputs)
+            done: dict[str, PromptRecord] = {}
+            for m in order:
+                bar.set_postfix_str(f"{prompt.id}{f' turn {k}' if self.multi_turn else ''} {m}")
+                ids = inputs[m]
+                out, seconds, peak = timed_run(
+                    self.runners[m], ids, max_new_tokens=self.config.max_new_tokens, sampling=sampling,
+                    device=self.device, memory=self.memory,
+                )  # fmt: skip
+                answers[m].append(out.token_ids)
+                done[m] = PromptRecord(
+                    prompt_id=prompt.id,
+                    category=prompt.category,
+                    method=m,
+                    prompt_tokens=len(ids),
+                    new_tokens=len(out.token_ids),
+                    seconds=seconds,
+                    token_ids=out.token_ids,
+                    steps=len(out.accepted_lengths) if out.accepted_lengths is not None else None,
+                    accepted_lengths=out.accepted_lengths,
+                    peak_memory_mb=peak,
+                    finish_reason=out.finish_reason,
+                    phase_seconds=out.phase_seconds,
+                    turn=k if self.multi_turn else None,
+                    method_ran=getattr(self.runners[m], "last_ran", None),
+                )
+                bar.update()
+            if self.reference is not None:
+                self._compare(inputs, done, per_turn[-1] if per_turn else None)
+            per_turn.append(done)
+        return per_turn
+
+    def _compare(self, inputs: dict[str, list[int]], done: dict[str, PromptRecord], before) -> None:
+        """Each output against the reference's on the same input. A method whose input differs
+        (its earlier answer differed from the reference's) is compared token by token only,
+        its difference put down to the earlier one (near-tie or not)."""
+        ref, ref_ids = done[self.reference], inputs[self.reference]
+        for m in self.methods:
+            rec = done[m]
+            if inputs[m] == ref_ids:
+                check_identity(self.target, ref_ids, ref, rec, self.eos_ids, self.tolerance)
+                continue
+            rec.context_differs = True
+            rec.first_difference = first_difference(ref.token_ids, rec.token_ids, self.eos_ids)
+            rec.identical_to_ar = rec.first_difference is None
+            rec.near_tie = None if rec.identical_to_ar else bool(before and before[m].near_tie)
+
+    def _check_turn_length(self, prompt: Prompt, k: int, inputs: dict[str, list[int]]) -> None:
+        limit = self.target.max_context
+        if limit is None:
+            return
+        longest = max(len(ids) for ids in inputs.values())
+        if longest + self.config.max_new_tokens > limit:
+            raise SpecDecodeError(
+                f"prompt {prompt.id}, turn {k}: {longest} tokens of conversation + "
+                f"{self.config.max_new_tokens} new tokens exceed the model's context of {limit}; "
+                "lower --max-new-tokens or --turns"
             )
-            bar.update()
-        if self.reference is not None:
-            ref = done[self.reference]
-            for m in self.methods:
-                check_identity(self.target, ids, ref, done[m], self.eos_ids, self.tolerance)
-        return done
 
     def result(self, *, complete: bool, interrupted: bool, error: str | None = None) -> dict:
         return build_result(

@@ -33,10 +33,11 @@ examples:
   specdecode bench --dataset spec-bench --categories summarization,rag --methods hf-ar,hf-pld,pld
   specdecode bench --methods hf-ar,ar,draft-model,hf-assisted --draft path/to/small-model
   specdecode bench --methods hf-ar,pld --method-option pld.draft_len=5 --method-option hf-pld.prompt_lookup_num_tokens=5
+  specdecode bench --categories mt_bench --turns all --methods hf-ar,ar,hybrid --out chat.json
   specdecode bench --compare old.json new.json
 
-prompt files (JSONL): one object a line with "prompt" (a string) or "turns" (a list; the first
-turn is used), and optionally "category" and "id" or "question_id".
+prompt files (JSONL): one object a line with "prompt" (a string) or "turns" (a list: the first
+turn, and with --turns all the follow-ups too), and optionally "category" and "id" or "question_id".
 Spec-Bench categories: mt_bench, translation, summarization, qa, math_reasoning, rag (the
 eight MT-bench categories, e.g. coding, can also be asked for by name)."""
 
@@ -103,6 +104,15 @@ def _add_prompt_options(g) -> None:
         help="draw the prompts of each category with this seed instead of taking the first N",
     )
     g.add_argument("--raw", action="store_true", help="feed prompts as plain text, without the chat template")
+    g.add_argument(
+        "--turns",
+        default="1",
+        metavar="1|N|all",
+        help="user turns per prompt (default: 1, the first only). With 'all' (or N), a prompt with "
+        "several turns (Spec-Bench's mt_bench, a prompt file's 'turns') is a conversation: turn 1 is "
+        "generated, then each later turn runs after the earlier turns and the method's own answers "
+        "(chat template), every turn timed; the results add per-turn figures",
+    )
 
 
 def _add_decoding_options(g) -> None:
@@ -186,6 +196,20 @@ def parse_method_options(items: list[str]) -> dict[str, dict[str, str]]:
     return out
 
 
+def parse_turns(text: str) -> int | None:
+    """``--turns``: "all" -> None (every turn), else a whole number >= 1."""
+    value = str(text).strip().lower()
+    if value == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise SpecDecodeError(f"--turns takes 'all' or a whole number >= 1, got {text!r}")
+    return n
+
+
 def config_from_args(args):
     from specdecode.bench.runner import BenchConfig
 
@@ -197,6 +221,7 @@ def config_from_args(args):
         n = 10
     methods = _split(args.methods) or []
     return BenchConfig(
+        turns=parse_turns(args.turns),
         methods=methods,
         model=args.model,
         draft=args.draft,
