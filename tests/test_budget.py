@@ -66,9 +66,12 @@ def test_policy_for_uses_a_cached_curve_only(tiny_llama, tmp_path, monkeypatch):
 
     monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path))
     assert policy_for(tiny_llama).is_fallback  # nothing cached, nothing measured
+    import torch
+
     flat = LatencyCurve(
-        FLAT.ns, FLAT.seconds, "cpu", "float32", tiny_llama.key, device_name=device_name(tiny_llama.device)
-    )
+        FLAT.ns, FLAT.seconds, "cpu", "float32", tiny_llama.key, device_name=device_name(tiny_llama.device),
+        threads=torch.get_num_threads(),
+    )  # fmt: skip
     write_atomic(calibration_path(tiny_llama), flat.to_json())
     policy = policy_for(tiny_llama)
     assert not policy.is_fallback

@@ -65,7 +65,8 @@ def test_calibrate_tiny_model(tiny_llama):
     assert c.ns == [1, 2, 4] and len(c.seconds) == 3 and all(s > 0 for s in c.seconds)
     assert (c.device, c.dtype, c.model_key, c.context_len) == ("cpu", "float32", tiny_llama.key, 16)
     assert c.device_name == cpu_model()
-    assert c.extra == {"repeats": 2, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    assert c.threads == torch.get_num_threads() and c.contexts == [16] and c.grid == [c.seconds]
+    assert (c.extra["repeats"], c.extra["torch"], len(c.extra["medians"][0])) == (2, torch.__version__, 3)
     assert datetime.strptime(c.created, "%Y-%m-%dT%H:%M:%S%z").tzinfo is not None
 
 
@@ -101,7 +102,7 @@ def test_load_or_calibrate_caches(tiny_llama, tmp_path, monkeypatch):
 
     monkeypatch.setattr(cost, "calibrate", counting)
     path = calibration_path(tiny_llama)
-    assert path == tmp_path / "calibration" / f"{tiny_llama.key}-cpu-float32.json"
+    assert path == tmp_path / "calibration" / f"{tiny_llama.key}-cpu-float32-t{torch.get_num_threads()}.json"
 
     first = load_or_calibrate(tiny_llama, max_n=4)
     assert path.is_file() and calls == [4]
@@ -130,3 +131,156 @@ def test_load_or_calibrate_refuses_other_device(tiny_llama):
 
     with pytest.raises(SpecDecodeError, match="loaded in float32"):
         load_or_calibrate(tiny_llama, dtype="bfloat16")
+
+
+# --------------------------------------------------------------------------- threads, dtype, context
+
+
+def grid_curve(**kw):
+    d = dict(
+        ns=[1, 4, 16], seconds=[0.010, 0.012, 0.020], device="cpu", dtype="float32", model_key="k",
+        threads=2, contexts=[32, 512, 1024],
+        grid=[[0.010, 0.012, 0.020], [0.012, 0.016, 0.030], [0.014, 0.020, 0.040]],
+    )  # fmt: skip
+    d.update(kw)
+    return LatencyCurve(**d)
+
+
+def test_the_cache_key_holds_threads_and_dtype(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path))
+    one = calibration_path(tiny_llama, threads=1)
+    two = calibration_path(tiny_llama, threads=2)
+    bf16 = calibration_path(tiny_llama, dtype="bfloat16", threads=1)
+    assert len({one, two, bf16}) == 3
+    assert one.name.endswith("-float32-t1.json") and bf16.name.endswith("-bfloat16-t1.json")
+    threads = torch.get_num_threads()
+    assert calibration_path(tiny_llama) == calibration_path(tiny_llama, threads=threads)
+
+
+def test_a_curve_from_another_thread_count_is_not_used(tiny_llama, tmp_path, monkeypatch):
+    from specdecode.files import write_atomic
+
+    monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path))
+    threads = torch.get_num_threads()
+    mine = grid_curve(model_key=tiny_llama.key, device_name=cpu_model(), threads=threads)
+    write_atomic(calibration_path(tiny_llama), mine.to_json())
+    assert read_cached(tiny_llama) == mine
+    # the same file claiming another thread count (copied by hand, say) is refused
+    other = json.loads(mine.to_json())
+    other["threads"] = threads + 1
+    write_atomic(calibration_path(tiny_llama), json.dumps(other))
+    assert read_cached(tiny_llama) is None
+    try:  # and the thread count in use picks the file
+        torch.set_num_threads(threads + 1)
+        assert calibration_path(tiny_llama).name.endswith(f"-t{threads + 1}.json")
+        write_atomic(calibration_path(tiny_llama), json.dumps(other))
+        assert read_cached(tiny_llama) is not None
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_version_1_files_load_and_without_threads_are_refused(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path))
+    threads = torch.get_num_threads()
+    v1 = {
+        "format": "specdecode-latency-curve", "version": 1, "ns": [1, 2], "seconds": [0.01, 0.012],
+        "device": "cpu", "dtype": "float32", "model_key": tiny_llama.key, "context_len": 128,
+        "device_name": cpu_model(), "created": "", "extra": {"repeats": 5, "threads": threads},
+    }  # fmt: skip
+    c = LatencyCurve.from_json(json.dumps(v1))
+    assert (c.threads, c.contexts, c.grid, c.t(2, 5000)) == (threads, [], [], pytest.approx(0.012))
+    path = calibration_path(tiny_llama)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(v1))
+    assert read_cached(tiny_llama) == c
+    del v1["extra"]["threads"]  # a version-1 file that never said its thread count
+    path.write_text(json.dumps(v1))
+    assert LatencyCurve.from_json(path.read_text()).threads == 0 and read_cached(tiny_llama) is None
+    for version in (0, 3):
+        with pytest.raises(ValueError, match="version"):
+            LatencyCurve.from_json(json.dumps({**v1, "version": version}))
+
+
+def test_half_written_or_inconsistent_grids_are_refused():
+    good = json.loads(grid_curve().to_json())
+    assert LatencyCurve.from_json(json.dumps(good)) == grid_curve()
+    text = json.dumps(good)
+    for cut in (len(text) // 3, len(text) // 2, len(text) - 2):
+        with pytest.raises(ValueError):
+            LatencyCurve.from_json(text[:cut])
+    for bad in (
+        {"grid": good["grid"][:2]},  # a row missing
+        {"grid": [row[:2] for row in good["grid"]]},  # a timing missing
+        {"contexts": [32, 32, 1024]},
+        {"contexts": [], "grid": good["grid"]},
+        {"grid": [[0.01, 0.012, float("nan")], *good["grid"][1:]]},
+        {"threads": -1},
+        {"threads": 1.5},
+    ):
+        with pytest.raises(ValueError):
+            LatencyCurve.from_json(json.dumps({**good, **bad}))
+    missing = {k: v for k, v in good.items() if k != "threads"}
+    with pytest.raises(ValueError, match="missing"):
+        LatencyCurve.from_json(json.dumps(missing))
+
+
+def test_t_interpolates_across_the_context():
+    c = grid_curve()
+    assert c.t(4) == c.t(4, 32) == pytest.approx(0.012)  # no context: the first row
+    assert c.t(4, 0) == pytest.approx(0.012)  # below the first context: the first row
+    assert c.t(4, 512) == pytest.approx(0.016)
+    assert c.t(4, 272) == pytest.approx(0.014)  # halfway between 32 and 512
+    assert c.t(10, 768) == pytest.approx((0.023 + 0.030) / 2)  # between both ns and contexts
+    assert c.t(16, 2048) == pytest.approx(0.060)  # beyond: the last growth per token, continued
+    assert c.t(1, 2048) == pytest.approx(0.018)
+
+
+def test_the_curve_is_monotone_in_n_and_context():
+    noisy = grid_curve(
+        seconds=[0.010, 0.009, 0.020],
+        grid=[[0.010, 0.009, 0.020], [0.012, 0.016, 0.015], [0.011, 0.020, 0.040]],
+    )
+    assert noisy.grid == [[0.010, 0.010, 0.020], [0.012, 0.016, 0.020], [0.012, 0.020, 0.040]]
+    assert noisy.seconds == noisy.grid[0]
+    assert curve(seconds=[0.010, 0.008, 0.016, 0.015]).seconds == [0.010, 0.010, 0.016, 0.016]
+    for ctx in (None, 0, 100, 512, 700, 1024, 1500, 4000):
+        ts = [noisy.t(n, ctx) for n in range(1, 40)]
+        assert all(b >= a for a, b in zip(ts, ts[1:], strict=False)), ctx
+    for n in (1, 3, 16, 30):
+        ts = [noisy.t(n, ctx) for ctx in range(0, 3000, 50)]
+        assert all(b >= a for a, b in zip(ts, ts[1:], strict=False)), n
+
+
+def test_calibrate_at_several_contexts(tiny_llama):
+    c = calibrate(tiny_llama, ns=[1, 2, 4], repeats=1, contexts=[8, 64])
+    assert (c.contexts, c.context_len, len(c.grid), c.seconds) == ([8, 64], 8, 2, c.grid[0])
+    assert all(len(row) == 3 for row in c.grid)
+    assert LatencyCurve.from_json(c.to_json()) == c
+    # by default the contexts that fit the model (512 positions here: 32 and, with max n 4, not 512)
+    assert calibrate(tiny_llama, ns=[1, 4], repeats=1).contexts == [32]
+
+
+def test_the_policy_reads_the_curve_at_the_context():
+    from specdecode.budget import BudgetPolicy
+
+    # at a short context a large tree costs little more than one token; at a long one, a lot more
+    c = LatencyCurve(
+        ns=[1, 16, 64], seconds=[0.010, 0.011, 0.012], device="cpu", dtype="float32", model_key="k",
+        threads=1, contexts=[32, 2048], grid=[[0.010, 0.011, 0.012], [0.012, 0.040, 0.120]],
+    )  # fmt: skip
+    probs = [0.9, 0.7, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15] + [0.1] * 30
+    policy = BudgetPolicy(c, overhead_s=0.0, max_nodes=64)
+    short = policy.choose(probs, context=40)
+    long = policy.choose(probs, context=2040)
+    assert short >= 30 and long <= 8 and policy.choose(probs) == long  # the last context stands
+    assert policy.choose(probs, context=40) == short
+
+
+def test_calibrate_contexts_flag():
+    from specdecode.cli.calibrate import _parse_contexts
+    from specdecode.errors import SpecDecodeError
+
+    assert _parse_contexts(None) is None and _parse_contexts("1024, 64,64") == [64, 1024]
+    for bad in ("", "0,5", "a,b"):
+        with pytest.raises(SpecDecodeError, match="--contexts"):
+            _parse_contexts(bad)

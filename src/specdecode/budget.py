@@ -3,7 +3,8 @@
 A tree drafter ranks its candidate nodes by the estimated probability that the target accepts
 them (the product of per-edge acceptance estimates along the node's path) and asks
 :class:`BudgetPolicy` how many of the best to send. Scoring ``n`` nodes costs one target
-forward over ``n + 1`` tokens (the root too), ``t(n + 1)`` from the latency curve, plus the
+forward over ``n + 1`` tokens (the root too), ``t(n + 1, L)`` from the latency curve at the
+current context ``L``, plus the
 drafter's own work and a fixed per-step overhead; it commits ``1 + sum(p_1 .. p_n)`` tokens on
 average (the bonus token plus the expected accepted nodes: a node's acceptance probability is
 its contribution to the expected accepted length). The policy picks the ``n`` that maximizes
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OVERHEAD_S = 1e-3  # engine work per step besides the forward: verify, commit, bookkeeping
 FALLBACK_T1 = 0.02  # seconds; a 135M model's single-token forward on a laptop CPU
+CONTEXT_STEP = 64  # the policy rereads the curve when the context crosses a multiple of this
 
 
 def fallback_curve(t1: float = FALLBACK_T1) -> LatencyCurve:
@@ -53,9 +55,9 @@ def fallback_curve(t1: float = FALLBACK_T1) -> LatencyCurve:
 class ForwardCosts:
     """The calibrated curve, corrected online from the target forwards actually timed.
 
-    The curve is measured once, at a short context (128 tokens) on a quiet machine. While
-    decoding, a forward costs more as the context grows (attention reads every cached token
-    for every scored token) and the machine's speed drifts. :meth:`record` takes each timed
+    The curve is measured once, at a few context lengths on a quiet machine. While decoding,
+    the machine's speed drifts and contexts between or beyond the measured ones cost what the
+    interpolation does not say. :meth:`record` takes each timed
     forward; the difference from the curve is fitted as
 
         observed(n, L) - t(n)  ~  c0 + c1 (n - 1) + (c2 + c3 (n - 1)) L / 1024
@@ -94,7 +96,7 @@ class ForwardCosts:
         if n_tokens < 1 or not seconds > 0:
             return
         x = self._features(n_tokens, context)
-        r = seconds - self.curve.t(n_tokens)
+        r = seconds - self.curve.t(n_tokens, context)
         self.xtx = self.decay * self.xtx + np.outer(x, x)
         self.xty = self.decay * self.xty + r * x
         self.context = context
@@ -103,10 +105,10 @@ class ForwardCosts:
             self.coef = np.linalg.solve(self.xtx + self.ridge * np.eye(4), self.xty)
             self.version += 1
 
-    def t(self, n_tokens: int) -> float:
+    def t(self, n_tokens: int, context: int | None = None) -> float:
         """Corrected seconds for a forward over ``n_tokens`` at the latest context length,
-        never below half the curve's figure."""
-        base = self.curve.t(n_tokens)
+        never below half the curve's figure (``context`` is ignored: the recorded one rules)."""
+        base = self.curve.t(n_tokens, self.context)
         extra = float(self._features(n_tokens, self.context) @ self.coef)
         return max(base + extra, 0.5 * base)
 
@@ -114,10 +116,13 @@ class ForwardCosts:
 class BudgetPolicy:
     """Chooses how many of a drafter's best nodes to score, maximizing committed tokens per second.
 
-    ``curve``: anything with ``t(n)`` (seconds of a forward scoring ``n`` tokens), usually a
-    :class:`specdecode.cost.LatencyCurve`; ``None`` uses :func:`fallback_curve`.
-    ``overhead_s``: per-step cost besides the forward and the drafting.
+    ``curve``: anything with ``t(n, context)`` (seconds of a forward scoring ``n`` tokens after
+    ``context`` cached ones), usually a :class:`specdecode.cost.LatencyCurve`; ``None`` uses
+    :func:`fallback_curve`. ``overhead_s``: per-step cost besides the forward and the drafting.
     ``max_nodes``: never more nodes than this.
+
+    The step costs are read at the context the drafter names (``choose(..., context=L)``),
+    recomputed when it moves to another :data:`CONTEXT_STEP`-token bucket.
     """
 
     def __init__(
@@ -139,26 +144,39 @@ class BudgetPolicy:
         # from the online-corrected costs when given (recomputed when they are refitted).
         self.costs = costs
         self._version = -1
+        self._bucket: int | None = None  # the context bucket step_s was computed for (None: the curve's own)
         self.step_s = [self.curve.t(n + 1) + overhead_s for n in range(max_nodes + 1)]
         self._refresh()
 
-    def _refresh(self) -> None:
+    def _refresh(self, context: int | None = None) -> None:
         costs = self.costs
-        if costs is not None and costs.version != self._version:
-            self._version = costs.version
-            self.step_s = [costs.t(n + 1) + self.overhead_s for n in range(self.max_nodes + 1)]
+        if costs is not None:
+            if costs.version != self._version:
+                self._version = costs.version
+                self.step_s = [costs.t(n + 1) + self.overhead_s for n in range(self.max_nodes + 1)]
+            return
+        if context is None:
+            return
+        bucket = int(context) // CONTEXT_STEP
+        if bucket != self._bucket:
+            self._bucket = bucket
+            at = (bucket + 0.5) * CONTEXT_STEP
+            self.step_s = [self.curve.t(n + 1, at) + self.overhead_s for n in range(self.max_nodes + 1)]
 
     @property
     def is_fallback(self) -> bool:
         return bool(getattr(self.curve, "extra", {}).get("fallback"))
 
-    def choose(self, probs_desc: Sequence[float], draft_cost_per_node: float = 0.0) -> int:
+    def choose(
+        self, probs_desc: Sequence[float], draft_cost_per_node: float = 0.0, context: int | None = None
+    ) -> int:
         """The number ``n`` of leading nodes to score (0 means plain decoding this step).
 
         ``probs_desc``: estimated acceptance probability of each candidate node, descending.
-        ``draft_cost_per_node``: seconds of drafting work per node scored.
+        ``draft_cost_per_node``: seconds of drafting work per node scored. ``context``: tokens
+        in the target's cache before the forward (None: as the last call said).
         """
-        self._refresh()
+        self._refresh(context)
         step_s = self.step_s
         best_n, best_rate = 0, 1.0 / step_s[0]
         gained = 1.0  # expected committed tokens: the bonus token, then each node's probability
@@ -169,9 +187,15 @@ class BudgetPolicy:
                 best_n, best_rate = n, rate
         return best_n
 
-    def expected_rate(self, probs_desc: Sequence[float], n: int, draft_cost_per_node: float = 0.0) -> float:
+    def expected_rate(
+        self,
+        probs_desc: Sequence[float],
+        n: int,
+        draft_cost_per_node: float = 0.0,
+        context: int | None = None,
+    ) -> float:
         """Expected committed tokens per second when scoring the first ``n`` nodes."""
-        self._refresh()
+        self._refresh(context)
         n = min(n, len(probs_desc), self.max_nodes)
         return (1.0 + sum(probs_desc[:n])) / (self.step_s[n] + n * draft_cost_per_node)
 
@@ -197,8 +221,11 @@ def policy_for(
     return BudgetPolicy(curve, overhead_s=overhead_s, max_nodes=max_nodes, costs=costs)
 
 
-def nodes_to_score(policy: BudgetPolicy | None, budget: int, probs_desc: Sequence[float]) -> int:
+def nodes_to_score(
+    policy: BudgetPolicy | None, budget: int, probs_desc: Sequence[float], context: int | None = None
+) -> int:
     """How many of the best candidates (``probs_desc``, descending) to score: a fixed
-    ``budget > 0``, else what ``policy`` chooses (0 means plain decoding this step)."""
-    n = budget if budget > 0 else policy.choose(probs_desc)
+    ``budget > 0``, else what ``policy`` chooses at ``context`` cached tokens (0 means plain
+    decoding this step)."""
+    n = budget if budget > 0 else policy.choose(probs_desc, context=context)
     return min(n, len(probs_desc))

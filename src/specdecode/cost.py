@@ -1,9 +1,13 @@
-"""The target's cost model: forward latency t(n) when scoring n tokens at once.
+"""The target's cost model: forward latency t(n, L) when scoring n tokens at once after L
+cached tokens.
 
 Adaptive drafters size their drafts from it, so that one rule chooses well where t(n) grows
-with n (a CPU) and where it stays flat over small n (a GPU). :func:`calibrate` measures the
-curve once; :func:`load_or_calibrate` keeps it per model, device and dtype in
-``cache_dir()/calibration/{model_key}-{device}-{dtype}.json``.
+with n (a CPU) and where it stays flat over small n (a GPU), and where a long context makes
+every scored token dearer (attention reads the whole cache for each). :func:`calibrate`
+measures the curve once at a few context lengths; :func:`load_or_calibrate` keeps it per
+model, device, dtype and torch thread count in
+``cache_dir()/calibration/{model_key}-{device}-{dtype}-t{threads}.json``: a curve measured with
+one thread says little about two.
 """
 
 from __future__ import annotations
@@ -21,13 +25,39 @@ from specdecode.files import write_atomic
 from specdecode.machine import device_name, synchronize
 
 DEFAULT_NS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+# Context lengths calibrated by default (those that fit the model): a short prompt, a long one
+# and a long conversation; beyond the last, the growth between the last two is extrapolated.
+DEFAULT_CONTEXTS = (32, 512, 1024)
 FORMAT = "specdecode-latency-curve"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: thread count and contexts x ns grid; 1 (one context, no threads) still reads
+
+
+def _check_timings(row: list[float], what: str) -> None:
+    if any(
+        isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0 for s in row
+    ):
+        raise ValueError(f"{what} must be finite and positive")
+
+
+def _cummax(row: list[float]) -> list[float]:
+    out, top = [], 0.0
+    for s in row:
+        top = max(top, float(s))
+        out.append(top)
+    return out
 
 
 @dataclass
 class LatencyCurve:
-    """Median seconds of one target forward scoring ``ns[i]`` tokens after a cached context."""
+    """Median seconds of one target forward scoring ``ns[i]`` tokens after a cached context.
+
+    ``seconds``: at ``context_len`` cached tokens. ``contexts``/``grid``, when measured:
+    ``grid[j][i]`` is the forward over ``ns[i]`` tokens after ``contexts[j]`` cached tokens
+    (``contexts[0] == context_len``, ``grid[0] == seconds``). The timings are kept monotone, in
+    n and in the context (a running maximum over the medians, which noise can leave
+    out of order): scoring more tokens, or after more, never costs less. ``threads``: torch's
+    CPU thread count during the measurement (0: not recorded, a version-1 file).
+    """
 
     ns: list[int]
     seconds: list[float]
@@ -38,6 +68,9 @@ class LatencyCurve:
     device_name: str = ""  # the CPU or GPU model it was measured on
     created: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    threads: int = 0
+    contexts: list[int] = field(default_factory=list)
+    grid: list[list[float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.ns or len(self.ns) != len(self.seconds):
@@ -46,13 +79,69 @@ class LatencyCurve:
             raise ValueError("token counts must be integers >= 1")
         if any(b <= a for a, b in zip(self.ns, self.ns[1:], strict=False)):
             raise ValueError("token counts must be strictly increasing")
-        if any(not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0 for s in self.seconds):
-            raise ValueError("timings must be finite and positive")
+        _check_timings(self.seconds, "timings")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
+            raise ValueError("threads must be an integer >= 0")
+        if bool(self.contexts) != bool(self.grid) or len(self.contexts) != len(self.grid):
+            raise ValueError("a context grid needs one row of timings per context length")
+        if self.contexts:
+            if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in self.contexts):
+                raise ValueError("context lengths must be integers >= 0")
+            if any(b <= a for a, b in zip(self.contexts, self.contexts[1:], strict=False)):
+                raise ValueError("context lengths must be strictly increasing")
+            for row in self.grid:
+                if not isinstance(row, list) or len(row) != len(self.ns):
+                    raise ValueError("every row of the context grid needs one timing per token count")
+                _check_timings(row, "grid timings")
+            rows = [_cummax(row) for row in self.grid]
+            for j in range(1, len(rows)):  # never cheaper after a longer context
+                rows[j] = [max(a, b) for a, b in zip(rows[j - 1], rows[j], strict=True)]
+            self.grid = rows
+            self.context_len = self.contexts[0]
+            self.seconds = list(rows[0])
+        else:
+            self.seconds = _cummax(self.seconds)
+        self._rows: dict[int, list[float]] = {}
 
-    def t(self, n: float) -> float:
-        """Seconds for a forward scoring ``n`` tokens: linear interpolation between the measured
-        points, linear extrapolation beyond them (from the two nearest), never below 1% of t(ns[0])."""
-        ns, ss = self.ns, self.seconds
+    def _row(self, context: float | None) -> list[float]:
+        """The timings over ``ns`` after ``context`` cached tokens: interpolated between the
+        measured contexts, the first row below them, and beyond the last the last row plus the
+        growth per token between the last two (monotone in n again afterwards)."""
+        cs = self.contexts
+        if context is None or len(cs) < 2 or context <= cs[0]:
+            return self.seconds if context is None or not cs else self.grid[0]
+        key = int(context)
+        row = self._rows.get(key)
+        if row is not None:
+            return row
+        j = (
+            len(cs) - 2
+            if context >= cs[-1]
+            else next(k for k in range(len(cs) - 1) if cs[k] <= context <= cs[k + 1])
+        )
+        frac = (context - cs[j]) / (cs[j + 1] - cs[j])
+        lo, hi = self.grid[j], self.grid[j + 1]
+        row = _cummax([a + max(0.0, b - a) * frac for a, b in zip(lo, hi, strict=True)])
+        if len(self._rows) > 4096:
+            self._rows.clear()
+        self._rows[key] = row
+        return row
+
+    def t(self, n: float, context: float | None = None) -> float:
+        """Seconds for a forward scoring ``n`` tokens after ``context`` cached tokens (None: the
+        calibration's ``context_len``): linear interpolation between the measured points,
+        linear extrapolation beyond them (from the two nearest), never below 1% of the first.
+        Beyond the largest n, never below what a shorter measured context extrapolates to (the
+        last segment's slope can be steeper there), so the cost stays monotone in the context."""
+        y = self._t_row(self._row(context), n)
+        if n > self.ns[-1] and context is not None and self.contexts:
+            for c, row in zip(self.contexts, self.grid, strict=True):
+                if c <= context:
+                    y = max(y, self._t_row(row, n))
+        return y
+
+    def _t_row(self, ss: list[float], n: float) -> float:
+        ns = self.ns
         if len(ns) == 1:
             return ss[0]
         if n <= ns[0]:
@@ -70,7 +159,7 @@ class LatencyCurve:
         return self.t(n) / self.t(1)
 
     def to_json(self) -> str:
-        return json.dumps({"format": FORMAT, "version": FORMAT_VERSION, **asdict(self)}, indent=2)
+        return json.dumps({"format": FORMAT, "version": FORMAT_VERSION, **self.to_dict()}, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> LatencyCurve:
@@ -81,9 +170,13 @@ class LatencyCurve:
             raise ValueError(f"not JSON: {e}") from None
         if not isinstance(d, dict) or d.get("format", FORMAT) != FORMAT:
             raise ValueError("not a latency curve")
-        if d.get("version", FORMAT_VERSION) != FORMAT_VERSION:
-            raise ValueError(f"latency curve format version {d.get('version')} is not {FORMAT_VERSION}")
+        version = d.get("version", FORMAT_VERSION)
+        if version not in (1, FORMAT_VERSION):
+            raise ValueError(f"latency curve format version {version} is not 1 or {FORMAT_VERSION}")
         try:
+            extra = dict(d.get("extra") or {})
+            # version 1 kept the thread count in extra, when at all
+            threads = d["threads"] if version >= 2 else extra.get("threads", 0)
             curve = cls(
                 ns=[int(n) if isinstance(n, int) else n for n in d["ns"]],
                 seconds=[float(s) for s in d["seconds"]],
@@ -93,14 +186,17 @@ class LatencyCurve:
                 context_len=int(d.get("context_len", 0)),
                 device_name=str(d.get("device_name", "")),
                 created=str(d.get("created", "")),
-                extra=dict(d.get("extra") or {}),
+                extra=extra,
+                threads=threads,
+                contexts=list(d.get("contexts") or []) if version >= 2 else [],
+                grid=[[float(s) for s in row] for row in d.get("grid") or []] if version >= 2 else [],
             )
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"missing or bad field: {e}") from None
         return curve
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
 
 
 # --------------------------------------------------------------------------- measuring
@@ -119,63 +215,82 @@ def default_ns(max_n: int) -> list[int]:
     return ns
 
 
+def default_contexts(loaded, max_n: int) -> list[int]:
+    """:data:`DEFAULT_CONTEXTS` that fit the model with ``max_n`` scored tokens (at least one)."""
+    max_ctx = loaded.max_context
+    fits = [c for c in DEFAULT_CONTEXTS if max_ctx is None or c + max_n + 1 <= max_ctx]
+    return fits or [max(1, min(DEFAULT_CONTEXTS[0], (max_ctx or 2) - max_n - 1))]
+
+
 def calibrate(
     loaded,
     max_n: int = 64,
     ns: list[int] | None = None,
     repeats: int = 5,
-    context_len: int = 128,
+    context_len: int | None = None,
     *,
+    contexts: list[int] | None = None,
     progress=None,
 ) -> LatencyCurve:
-    """Measure the target's forward latency scoring n = 1..max_n tokens after ``context_len``
-    cached tokens (median of ``repeats``, with one untimed warm-up round first).
+    """Measure the target's forward latency scoring n = 1..max_n tokens after each of
+    ``contexts`` cached tokens (default: :func:`default_contexts`; ``context_len`` alone: that
+    one), the median of ``repeats``, with one untimed warm-up round first.
 
     Uses :class:`specdecode.target.Target`: prefill a context once, then for each n time
     ``score(root, DraftTree.chain(n - 1 tokens))`` and crop the cache back. The rounds are
-    interleaved (all n, then all n again) so slow drift touches every point alike.
+    interleaved (all contexts and n, then all again) so slow drift touches every point alike.
     ``progress(done, total)`` is called after each timed forward, if given.
     """
     import torch
 
     ns = sorted(set(ns)) if ns else default_ns(max_n)
-    _check_calibration(loaded, ns, repeats, context_len)
-    timer = _ForwardTimer(loaded, _filler_ids(loaded, context_len + ns[-1]), context_len)
-    for n in ns:  # warm-up: first-call allocations and kernel selection
-        timer.seconds(n)
-    times: dict[int, list[float]] = {n: [] for n in ns}
-    total, done = len(ns) * repeats, 0
-    for _ in range(repeats):
+    if contexts is None:
+        contexts = [context_len] if context_len is not None else default_contexts(loaded, ns[-1])
+    contexts = sorted(set(contexts))
+    _check_calibration(loaded, ns, repeats, contexts)
+    filler = _filler_ids(loaded, contexts[-1] + ns[-1])
+    timers = [_ForwardTimer(loaded, filler[: c + ns[-1]], c) for c in contexts]
+    for timer in timers:  # warm-up: first-call allocations and kernel selection
         for n in ns:
-            times[n].append(timer.seconds(n))
-            done += 1
-            if progress is not None:
-                progress(done, total)
+            timer.seconds(n)
+    times = [{n: [] for n in ns} for _ in contexts]
+    total, done = len(ns) * len(contexts) * repeats, 0
+    for _ in range(repeats):
+        for j, timer in enumerate(timers):
+            for n in ns:
+                times[j][n].append(timer.seconds(n))
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+    medians = [[statistics.median(times[j][n]) for n in ns] for j in range(len(contexts))]
     return LatencyCurve(
         ns=list(ns),
-        seconds=[statistics.median(times[n]) for n in ns],
+        seconds=list(medians[0]),
         device=device_label(loaded.device),
         dtype=dtype_name(loaded.dtype),
         model_key=str(loaded.key),
-        context_len=context_len,
+        context_len=contexts[0],
         device_name=device_name(loaded.device),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        extra={"repeats": repeats, "torch": torch.__version__, "threads": torch.get_num_threads()},
+        extra={"repeats": repeats, "torch": torch.__version__, "medians": medians},
+        threads=torch.get_num_threads(),
+        contexts=list(contexts),
+        grid=[list(row) for row in medians],
     )
 
 
-def _check_calibration(loaded, ns: list[int], repeats: int, context_len: int) -> None:
+def _check_calibration(loaded, ns: list[int], repeats: int, contexts: list[int]) -> None:
     if ns[0] < 1:
         raise SpecDecodeError(f"token counts must be >= 1, got {ns[0]}")
     if repeats < 1:
         raise SpecDecodeError(f"repeats must be >= 1, got {repeats}")
-    if context_len < 1:
-        raise SpecDecodeError(f"context length must be >= 1, got {context_len}")
+    if not contexts or contexts[0] < 1:
+        raise SpecDecodeError(f"context lengths must be >= 1, got {contexts[0] if contexts else 'none'}")
     max_ctx = loaded.max_context
-    if max_ctx is not None and context_len + ns[-1] + 1 > max_ctx:
+    if max_ctx is not None and contexts[-1] + ns[-1] + 1 > max_ctx:
         raise SpecDecodeError(
-            f"context {context_len} + {ns[-1]} scored tokens exceeds the model's {max_ctx} positions; "
-            "lower --context-len or --max-n"
+            f"context {contexts[-1]} + {ns[-1]} scored tokens exceeds the model's {max_ctx} positions; "
+            "lower the context lengths or --max-n"
         )
 
 
@@ -228,17 +343,27 @@ def device_label(device) -> str:
 # --------------------------------------------------------------------------- caching
 
 
-def calibration_path(loaded, device=None, dtype=None) -> Path:
+def current_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def calibration_path(loaded, device=None, dtype=None, threads: int | None = None) -> Path:
+    """Where the curve for ``loaded`` (on its device and dtype, or those given) measured with
+    ``threads`` torch threads (default: the current count) is cached."""
     from specdecode.models.cache import cache_dir
 
     dev = device_label(device if device is not None else loaded.device)
     dt = dtype_name(dtype if dtype is not None else loaded.dtype)
-    return cache_dir() / "calibration" / f"{loaded.key}-{dev}-{dt}.json"
+    n = current_threads() if threads is None else threads
+    return cache_dir() / "calibration" / f"{loaded.key}-{dev}-{dt}-t{n}.json"
 
 
 def read_cached(loaded, *, max_n: int | None = None, path: Path | None = None) -> LatencyCurve | None:
-    """The cached curve for ``loaded`` on its device and dtype, or None when there is none or it
-    does not fit (corrupt, another model/device/dtype/machine, or shorter than ``max_n``)."""
+    """The cached curve for ``loaded`` on its device and dtype at the current thread count, or
+    None when there is none or it does not fit (unreadable or incomplete, another
+    model/device/dtype/thread count/machine, or shorter than ``max_n``)."""
     path = path or calibration_path(loaded)
     try:
         curve = LatencyCurve.from_json(path.read_text(encoding="utf-8"))
@@ -248,6 +373,7 @@ def read_cached(loaded, *, max_n: int | None = None, path: Path | None = None) -
         curve.model_key != str(loaded.key)
         or curve.device != device_label(loaded.device)
         or curve.dtype != dtype_name(loaded.dtype)
+        or curve.threads != current_threads()
     ):
         return None
     if curve.device_name and curve.device_name != device_name(loaded.device):
@@ -265,11 +391,14 @@ def load_or_calibrate(
     max_n: int = 64,
     recalibrate: bool = False,
     repeats: int = 5,
-    context_len: int = 128,
+    context_len: int | None = None,
+    contexts: list[int] | None = None,
     progress=None,
 ) -> LatencyCurve:
-    """The cached curve for ``loaded`` (on its device and dtype), measuring and caching it when
-    missing, unreadable, made elsewhere, or shorter than ``max_n`` (or when ``recalibrate``).
+    """The cached curve for ``loaded`` (on its device and dtype, at the current thread count),
+    measuring and caching it when missing, unreadable, made elsewhere or with another thread
+    count, or shorter than ``max_n`` (or when ``recalibrate``). The file is written atomically:
+    a reader sees the old curve or the new one, never half of one.
 
     ``device``/``dtype``, if given, must be those ``loaded`` is on: the curve describes a loaded
     model, so load it where you want it measured.
@@ -285,7 +414,9 @@ def load_or_calibrate(
         cached = read_cached(loaded, max_n=max_n, path=path)
         if cached is not None:
             return cached
-    curve = calibrate(loaded, max_n=max_n, repeats=repeats, context_len=context_len, progress=progress)
+    curve = calibrate(
+        loaded, max_n=max_n, repeats=repeats, context_len=context_len, contexts=contexts, progress=progress
+    )
     try:
         write_atomic(path, curve.to_json())
     except OSError as e:  # a read-only cache is no reason to fail: the curve is still good

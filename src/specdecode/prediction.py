@@ -59,7 +59,7 @@ class Prediction:
             return DraftTree.empty()
         chain = self.tokens[start : start + min(max_depth, self.policy.max_nodes)]
         probs = list(itertools.accumulate([self.rate.get("next")] * len(chain), operator.mul))
-        n = self.policy.choose(probs)
+        n = self.policy.choose(probs, context=len(tokens) - 1)
         self._start = start
         return DraftTree.chain(chain[:n])
 

@@ -221,13 +221,18 @@ def _latency_table(curve: dict | None) -> list[str]:
     if not ns or not secs:
         return []
     t1 = secs[0]
+    contexts = curve.get("contexts") or [curve.get("context_len")]
+    rows = curve.get("grid") or [secs]
+    threads = f", {curve['threads']} threads" if curve.get("threads") else ""
     out = [
-        f"## Target forward latency t(n) ({curve.get('device')}, {curve.get('dtype')})",
+        f"## Target forward latency t(n) ({curve.get('device')}, {curve.get('dtype')}{threads})",
         "",
-        "| tokens scored n | ms | t(n) / t(1) |",
-        "|---:|---:|---:|",
+        "| tokens scored n | " + " | ".join(f"ms after {c} tokens" for c in contexts) + " | t(n) / t(1) |",
+        "|---:|" + "---:|" * len(rows) + "---:|",
     ]
-    out += [f"| {n} | {1000 * s:.2f} | {s / t1:.2f} |" for n, s in zip(ns, secs, strict=False)]
+    for i, n in enumerate(ns):
+        cells = " | ".join(f"{1000 * row[i]:.2f}" for row in rows if i < len(row))
+        out.append(f"| {n} | {cells} | {secs[i] / t1:.2f} |")
     return [*out, ""]
 
 

@@ -120,7 +120,8 @@ class CandidateDrafter(Drafter):
         c = self.candidates(tokens, max_depth)
         n = len(c.tokens)
         if self.policy is not None:
-            n = self.policy.choose(c.probs, draft_cost_per_node=c.cost_per_node)
+            # the target's cache holds every committed token but the root when it scores the tree
+            n = self.policy.choose(c.probs, draft_cost_per_node=c.cost_per_node, context=len(tokens) - 1)
         self.chosen(n)
         self._proposed = c.tags[:n]  # per generation: assigned at every proposal
         return DraftTree(c.tokens[:n], c.parents[:n])

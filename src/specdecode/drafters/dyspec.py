@@ -83,7 +83,9 @@ class DySpec(DraftModelBase):
                 break
             if self.policy is not None and not self.fixed_budget:
                 # stop growing when the cost curve says more nodes no longer pay
-                want = self.policy.choose(sorted(scores + [b[2] for b in batch], reverse=True))
+                want = self.policy.choose(
+                    sorted(scores + [b[2] for b in batch], reverse=True), context=len(tokens) - 1
+                )
                 if want <= len(toks):
                     break
                 batch = batch[: want - len(toks)]

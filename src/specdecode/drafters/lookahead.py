@@ -204,7 +204,7 @@ class Lookahead(Drafter):
             prob.append(edge * (1.0 if p < 0 else prob[p]))
         # Ties go to the lower index, so a parent (prob >= its children's) always comes first.
         order = sorted(range(len(t_tok)), key=lambda i: (-prob[i], i))
-        n = nodes_to_score(self.policy, self.budget, [prob[i] for i in order])
+        n = nodes_to_score(self.policy, self.budget, [prob[i] for i in order], context=len(tokens) - 1)
         keep = sorted(order[:n])
         new = {old: k for k, old in enumerate(keep)}
         tree = DraftTree([t_tok[i] for i in keep], [new.get(t_par[i], -1) for i in keep])

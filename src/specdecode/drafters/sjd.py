@@ -90,7 +90,7 @@ class SpeculativeJacobi(Drafter):
         for d in range(1, limit + 1):
             acc *= self.stats.get(d)
             probs.append(acc)
-        m = nodes_to_score(self.policy, self.budget, probs)
+        m = nodes_to_score(self.policy, self.budget, probs, context=len(tokens) - 1)
         self._scored = m
         q = None if self.q is None else self.q[:m]
         return DraftTree.chain(self.window[:m], draft_probs=q)
