@@ -217,3 +217,115 @@ def test_a_multidraft_drafter_through_the_engine_is_lossless(pair):
     assert dec.generate_ids(prompt, max_new_tokens=16).token_ids == want  # greedy: ar's text
     counts = sample_joint(dec, prompt, cfg, 500)
     assert chi_square_pvalue(counts, exact_joint(lm, prompt, cfg)) > 1e-3
+
+
+# ---- draft-model's drafts=k: SpecTr (K-SEQ over a trie of the draws) and RRS over k chains -------
+def sample_two_levels(dec, prompt, cfg, n: int) -> Counter:
+    """New tokens 2 and 3 of ``n`` generations (seeds 0 .. n - 1, residual coupling) of four new
+    tokens: the first step drafts two levels below the first token, so both are verified ones."""
+    counts: Counter = Counter()
+    for seed in range(n):
+        c = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p, seed=seed, coupling="residual")
+        ids = dec.generate_ids(prompt, max_new_tokens=4, sampling=c).token_ids
+        counts[(ids[1], ids[2])] += 1
+    return counts
+
+
+def draft_model(pair, verifier: str = "spectr", k: int = K):
+    lm, draft = pair
+    options = {"drafts": k, "verifier": verifier, "threshold": 0.0, "max_draft": 2}
+    return build_decoder("draft-model", lm, draft=draft, options=options)
+
+
+@pytest.fixture(scope="module")
+def exact_pair(pair):
+    lm, _ = pair
+    return exact_joint(lm, [3, 5, 3, 5, 3], SamplingConfig(temperature=1.0))
+
+
+@pytest.mark.parametrize("verifier", ["spectr", "rrs"])
+def test_draft_model_with_k_drafts_is_lossless(pair, exact_pair, verifier, monkeypatch):
+    import specdecode.verify as verify_module
+
+    calls = Counter()
+    real_kseq, real_rrs = verify_module.verify_kseq, verify_module.verify_sampling
+
+    def kseq_spy(*args, **kwargs):
+        calls["kseq"] += 1
+        return real_kseq(*args, **kwargs)
+
+    def rrs_spy(*args, **kwargs):
+        calls["rrs"] += 1
+        return real_rrs(*args, **kwargs)
+
+    monkeypatch.setattr(verify_module, "verify_kseq", kseq_spy)
+    monkeypatch.setattr(verify_module, "verify_sampling", rrs_spy)
+    dec = draft_model(pair, verifier)
+    prompt, cfg = [3, 5, 3, 5, 3], SamplingConfig(temperature=1.0)
+    counts = sample_two_levels(dec, prompt, cfg, 600)
+    assert chi_square_pvalue(counts, exact_pair) > 1e-3
+    # the multi-draft verifier ran at every first step (an empty tree goes to verify_sampling)
+    assert calls["kseq" if verifier == "spectr" else "rrs"] >= 600
+    if verifier == "rrs":
+        assert calls["kseq"] == 0
+
+
+def test_the_engine_test_catches_a_wrong_acceptance_rule(pair, exact_pair, monkeypatch):
+    """K-SEQ's acceptance without its rho (each draw accepted with min(1, p/q), as for one draft)
+    and the single-draft residual: the same engine test rejects it."""
+    import specdecode.verify as verify_module
+
+    monkeypatch.setattr(
+        verify_module,
+        "verify_kseq",
+        lambda tree, p_all, gen, counts=None: without_the_correction(tree, p_all, gen),
+    )
+    dec = draft_model(pair, k=4)
+    prompt, cfg = [3, 5, 3, 5, 3], SamplingConfig(temperature=1.0)
+    counts = sample_two_levels(dec, prompt, cfg, 600)
+    assert chi_square_pvalue(counts, exact_pair) < 1e-4
+
+
+def test_k_drafts_form_a_trie_of_iid_draws_or_k_chains(pair):
+    lm, draft = pair
+    prompt, cfg = [3, 5, 3, 5, 3], SamplingConfig(temperature=1.0, seed=3, coupling="residual")
+    k = 5
+    for verifier in ("spectr", "rrs"):
+        drafter = draft_model(pair, verifier, k).drafter
+        drafter.begin(prompt, cfg)
+        with torch.inference_mode():
+            tree = drafter.propose(prompt + [1], 2)
+        depths = tree.depths()
+        assert max(depths) == 2
+        if verifier == "spectr":
+            assert isinstance(tree, MultiDraft)
+            assert sum(tree.counts[c] for c in tree.children(-1)) == k
+            for node in range(len(tree)):
+                kids = tree.children(node)
+                assert not kids or sum(tree.counts[c] for c in kids) == tree.counts[node]
+                siblings = [tree.tokens[c] for c in tree.children(tree.parents[node])]
+                assert len(siblings) == len(set(siblings))  # equal draws merged
+        else:
+            assert not isinstance(tree, MultiDraft)
+            assert len(tree.children(-1)) == k and len(tree) == 2 * k  # k chains of two
+        # each node carries the q it was drawn from: the draft's distribution after its parent
+        for node in range(len(tree)):
+            parent = tree.parents[node]
+            ctx = prompt + [1] + ([tree.tokens[parent]] if parent >= 0 else [])
+            with torch.inference_mode():
+                q = target_probs(draft.model(torch.tensor([ctx])).logits[0, -1], cfg)
+            assert torch.allclose(tree.draft_probs[node], q, atol=1e-5)
+
+
+def test_k_drafts_keep_greedy_identical_and_check_the_option(pair):
+    lm, draft = pair
+    prompt = [3, 5, 3, 5, 3]
+    want = build_decoder("ar", lm).generate_ids(prompt, max_new_tokens=16).token_ids
+    for verifier in ("spectr", "rrs"):
+        assert draft_model(pair, verifier).generate_ids(prompt, max_new_tokens=16).token_ids == want
+    from specdecode.errors import SpecDecodeError
+
+    with pytest.raises(SpecDecodeError, match="verifier.*one of spectr, rrs"):
+        build_decoder("draft-model", lm, draft=draft, options={"verifier": "kseq"})
+    with pytest.raises(SpecDecodeError, match="drafts"):
+        build_decoder("draft-model", lm, draft=draft, options={"drafts": "0"})

@@ -39,6 +39,8 @@ class Step:
     # the forward, so its kernels count as forward time).
     phases: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     prediction_accepted: int = 0  # of ``accepted``, the tokens drafted from the request's prediction
+    method: str | None = None  # on the first step: what decodes, where the method chose it (auto)
+    finish: str | None = None  # "constraint": the grammar allows no next token (generation ends)
 
 
 PHASES = ("draft", "forward", "verify", "learn")
@@ -50,7 +52,7 @@ class Response:
 
     text: str
     token_ids: list[int]
-    finish_reason: str | None = None  # "eos" | "length" | "stop" on the last piece
+    finish_reason: str | None = None  # "eos" | "length" | "stop" | "constraint" on the last piece
 
 
 @dataclass
@@ -72,6 +74,8 @@ class GenerationResult:
     # Predicted Outputs: prediction tokens accepted into the answer, and the rest of them
     prediction_accepted: int = 0
     prediction_rejected: int = 0
+    # The method that decoded: ``method`` itself, or the one ``auto`` chose for this request.
+    method_ran: str = ""
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -104,11 +108,14 @@ class Decoder:
         sampling: SamplingConfig,
         limit: int,
         prediction: list[int] | None = None,
+        constraint=None,
     ) -> Iterator[Step]:
         """Yield each forward's committed tokens; at most ``limit`` tokens in all.
 
         ``prediction``: token ids the answer is expected to resemble (Predicted Outputs), an
         extra draft source for this generation only (:class:`specdecode.prediction.Prediction`).
+        ``constraint``: a :class:`specdecode.constraints.Constraint` the answer must follow
+        (drafts pruned to it, forced tokens drafted, every verified row masked by it).
         """
         if limit <= 0:
             return
@@ -116,7 +123,7 @@ class Decoder:
             drafter = self._idle.pop() if self._idle else self.drafter.fork()
         try:
             predictor = Prediction(prediction, self.loaded) if prediction else None
-            yield from self._steps(drafter, list(prompt_ids), sampling, limit, predictor)
+            yield from self._steps(drafter, list(prompt_ids), sampling, limit, predictor, constraint)
         finally:
             with self._lock:
                 self._idle.append(drafter)
@@ -129,16 +136,27 @@ class Decoder:
         sampling: SamplingConfig,
         limit: int,
         predictor: Prediction | None,
+        constraint=None,
     ):
         lock, loaded = self._lock, self.loaded
         target = Target(loaded)  # this generation's KV cache
+        if drafter.reads_target:  # drafting from the target itself: read access, never write
+            drafter.attach(target.reader(drafter.reads_target))
         sampler = Sampler(sampling, loaded.device)
         prompt = list(tokens)
-        tokens.append(sampler.first(target.prefill(prompt), len(prompt)))
+        guide = check = None  # constrained generation: the grammar's state, and its verifier
+        if constraint is not None:
+            guide = constraint.guide(loaded, sampler.cfg)
+            drafter, check = guide.wrap(drafter), guide.verify
+            predictor = guide.wrap(predictor) if predictor is not None else None
+        first = target.prefill(prompt)
+        tokens.append(sampler.first(first if guide is None else guide.first(first), len(prompt)))
+        if guide is not None:
+            guide.start(tokens[-1])
         with lock:
-            drafter.begin(prompt, sampling)
+            drafter.begin(prompt, sampler.cfg)  # under gumbel, with the seed its noise is keyed by
         try:
-            yield Step([tokens[-1]], 0, 0)
+            yield Step([tokens[-1]], 0, 0, method=getattr(drafter, "method_ran", None))
             produced = 1
             max_context = loaded.max_context or 1 << 30
             clock = time.perf_counter
@@ -157,7 +175,7 @@ class Decoder:
                 if cuda:
                     torch.cuda.synchronize(loaded.device)  # verify would wait for it anyway
                 t2 = clock()
-                verdict = verify(
+                verdict = (check or verify)(
                     tree, logits, sampling, sampler.gen, noise=sampler.noise, position=len(tokens)
                 )
                 target.commit(verdict.path)
@@ -173,9 +191,17 @@ class Decoder:
                         drafter.observe(outcome)
                 produced += len(verdict.tokens)
                 phases = (t1 - t0, t2 - t1, t3 - t2, clock() - t3)
+                finish = guide.finished if guide is not None else None
                 yield Step(
-                    verdict.tokens, len(tree), verdict.accepted, phases, verdict.accepted if predicted else 0
+                    verdict.tokens,
+                    len(tree),
+                    verdict.accepted,
+                    phases,
+                    verdict.accepted if predicted else 0,
+                    finish,
                 )
+                if guide is not None and (finish or guide.ended):
+                    return  # the grammar is done (EOS committed) or allows nothing more
         finally:
             with lock:
                 drafter.finish()
@@ -190,6 +216,7 @@ class Decoder:
         stop: list[str] | None = None,
         stats: list[Step] | None = None,
         prediction: list[int] | None = None,
+        constraint=None,
     ) -> Iterator[Response]:
         """Text deltas until EOS, ``max_new_tokens`` or a stop string.
 
@@ -205,12 +232,14 @@ class Decoder:
         sent_text, sent_ids = 0, 0  # characters of detok.text and ids already yielded
         finish = "length"
         # closing(): however this loop ends, the generation's drafter is handed back at once
-        with closing(self.steps(prompt_ids, sampling, limit, prediction)) as steps:
+        with closing(self.steps(prompt_ids, sampling, limit, prediction, constraint)) as steps:
             for step in steps:
                 if stats is not None:
                     stats.append(step)
                 if _take(step.tokens, out, eos, max_new_tokens):
                     finish = "eos"
+                elif step.finish:
+                    finish = step.finish
                 detok.add(out[len(detok.ids) :])
                 done = finish != "length" or len(out) >= limit
                 if done:
@@ -235,8 +264,9 @@ class Decoder:
         sampling: SamplingConfig | None = None,
         stop: list[str] | None = None,
         prediction: list[int] | None = None,
+        constraint=None,
     ) -> GenerationResult:
-        """The whole answer with its figures; ``prediction`` as in :meth:`steps`."""
+        """The whole answer with its figures; ``prediction`` and ``constraint`` as in :meth:`steps`."""
         sampling = sampling or SamplingConfig()
         stats: list[Step] = []
         ids: list[int] = []
@@ -251,6 +281,7 @@ class Decoder:
                     stop=stop,
                     stats=stats,
                     prediction=prediction,
+                    constraint=constraint,
                 )
             )
             for piece in pieces:
@@ -259,11 +290,14 @@ class Decoder:
         else:  # the fast path: no detokenization until the end
             limit = self._check(prompt_ids, max_new_tokens)
             eos = self.loaded.eos_token_ids
-            with closing(self.steps(prompt_ids, sampling, limit, prediction)) as steps:
+            with closing(self.steps(prompt_ids, sampling, limit, prediction, constraint)) as steps:
                 for step in steps:
                     stats.append(step)
                     if _take(step.tokens, ids, eos, max_new_tokens):
                         finish = "eos"
+                        break
+                    if step.finish:
+                        finish = step.finish
                         break
                     if len(ids) >= max_new_tokens:
                         break
@@ -288,6 +322,7 @@ class Decoder:
             phase_seconds={k: sum(s.phases[j] for s in stats[1:]) for j, k in enumerate(PHASES)},
             prediction_accepted=(accepted := sum(s.prediction_accepted for s in stats)),
             prediction_rejected=max(0, len(prediction) - accepted) if prediction else 0,
+            method_ran=(stats[0].method if stats and stats[0].method else None) or self.method,
         )
 
     def _check(self, prompt_ids: list[int], max_new_tokens: int) -> int:

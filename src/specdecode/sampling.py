@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -162,6 +162,8 @@ class Sampler:
         if cfg.gumbel:
             seed = cfg.seed if cfg.seed is not None else int(torch.randint(0, 1 << 62, ()).item())
             self.noise = GumbelNoise(seed, device)
+            # the seed the noise is keyed by, so that drafters given this config can draw with it
+            self.cfg = replace(cfg, seed=seed)
 
     def first(self, logits: torch.Tensor, position: int) -> int:
         """The token at sequence ``position`` after ``logits`` ``[vocab]`` (the prefill's)."""
