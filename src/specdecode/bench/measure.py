@@ -84,6 +84,7 @@ class EngineRunner:
 
     def generate_ids(self, prompt_ids: list[int], *, max_new_tokens: int, sampling) -> RunOutput:
         r = self.decoder.generate_ids(prompt_ids, max_new_tokens=max_new_tokens, sampling=sampling)
+        self.last_ran = r.method_ran if r.method_ran != self.name else None  # auto's choice
         return RunOutput(list(r.token_ids), list(r.accepted_lengths), r.finish_reason, dict(r.phase_seconds))
 
 

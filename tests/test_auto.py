@@ -1,0 +1,137 @@
+"""``auto``: a lossless method chosen per request from measured speed, switching across requests."""
+
+import pytest
+
+from specdecode.drafters.auto import AR, Chooser, workload
+from specdecode.drafters.base import Drafter
+from specdecode.engine import build_decoder
+from specdecode.errors import SpecDecodeError
+from specdecode.tree import DraftTree
+
+pytestmark = pytest.mark.usefixtures("private_cache")
+
+PROMPTS = [[3, 5, 7, 3, 5, 7, 3, 5], [10, 11, 12, 10, 11, 12], [20, 21, 22, 23, 20, 21], [30, 31, 30, 31, 30]]
+N = 24
+
+
+def reference(lm):
+    ar = build_decoder("ar", lm)
+    return {tuple(p): ar.generate_ids(p, max_new_tokens=N).token_ids for p in PROMPTS}
+
+
+def test_auto_is_lossless_whatever_it_runs(peaky):
+    ref = reference(peaky)
+    dec = build_decoder("auto", peaky)
+    ran = []
+    for _ in range(3):
+        for p in PROMPTS:
+            r = dec.generate_ids(p, max_new_tokens=N)
+            assert r.token_ids == ref[tuple(p)]
+            assert r.method == "auto" and r.method_ran in ("hybrid", "suffix", "pld", "ar")
+            assert r.method_ran == dec.drafter.last_ran
+            ran.append(r.method_ran)
+    assert ran[0] == "hybrid"  # the first request, before anything is measured
+    assert len(set(ran)) >= 2  # untried methods are tried
+    assert build_decoder("pld", peaky).generate_ids(PROMPTS[0], max_new_tokens=4).method_ran == "pld"
+
+
+class Scripted(Drafter):
+    """Drafts from the known greedy answers: the right continuation (``wrong=False``) or, at
+    every position, a token that is certainly not the answer's (``wrong=True``)."""
+
+    def __init__(self, ref: dict, vocab: int, *, wrong: bool, depth: int = 4) -> None:
+        self.ref, self.vocab, self.wrong, self.depth = ref, vocab, wrong, depth
+
+    def begin(self, prompt_ids, sampling) -> None:
+        self.prompt = tuple(prompt_ids)
+
+    def propose(self, tokens, max_depth):
+        answer = self.ref[self.prompt]
+        at = len(tokens) - len(self.prompt)
+        chain = answer[at : at + min(self.depth, max_depth)]
+        if self.wrong:
+            chain = [(t + 1) % self.vocab for t in chain]
+        return DraftTree.chain(chain)
+
+
+def test_auto_leaves_a_method_that_does_not_pay(peaky):
+    ref = reference(peaky)
+    dec = build_decoder("auto", peaky, options={"methods": "pld,suffix", "first": "pld"})
+    auto = dec.drafter
+    vocab = peaky.model.config.vocab_size
+    auto.drafters["pld"] = Scripted(ref, vocab, wrong=True)  # every draft rejected: pure cost
+    auto.drafters["suffix"] = Scripted(ref, vocab, wrong=False)  # every draft accepted
+    ran = []
+    for i in range(6):
+        p = PROMPTS[i % len(PROMPTS)]
+        r = dec.generate_ids(p, max_new_tokens=N)
+        assert r.token_ids == ref[tuple(p)]  # lossless with either
+        ran.append(r.method_ran)
+    # the first as asked, then the untried one, then the one that pays, and never back yet
+    assert ran == ["pld", "suffix", "suffix", "suffix", "suffix", "suffix"]
+    history = {m: s for _, m, s in auto.chooser.history}
+    assert history["pld"] < 1.0 < 2.0 < history["suffix"]
+
+
+def test_auto_falls_back_to_ar_when_speculation_does_not_pay(peaky):
+    ref = reference(peaky)
+    dec = build_decoder("auto", peaky, options={"methods": "pld", "first": "pld"})
+    # 12 rejected nodes a step: measured here at about 0.67 of ar's speed, below 1 by more
+    # than the exploration bonus (0.2 sqrt(ln(N + 1) / 1) = 0.25 at N = 4)
+    dec.drafter.drafters["pld"] = Scripted(ref, peaky.model.config.vocab_size, wrong=True, depth=12)
+    ran = [dec.generate_ids(p, max_new_tokens=N).method_ran for p in PROMPTS]
+    assert ran == ["pld", "ar", "ar", "ar"]
+    assert dec.drafter.chooser.history[0][1:] == ("pld", pytest.approx(0.67, abs=0.2))
+
+
+def test_chooser_bandit():
+    c = Chooser(["hybrid", "pld"], explore=0.2, first="hybrid")
+    assert c.choose("short") == "hybrid"
+    c.record("short", "hybrid", 1.5)
+    assert c.choose("short") == "pld"  # never measured: tried once
+    c.record("short", "pld", 0.8)
+    assert c.choose("short") == "hybrid"
+    assert c.choose("long") == "hybrid"  # a new workload borrows the others' means
+    c.record("long", "hybrid", 0.6)
+    c.record("long", "pld", 0.7)
+    assert c.choose("long") == AR  # neither pays there
+    assert c.choose("short") == "hybrid"  # the short prompts' record is their own
+    for _ in range(30):  # plain decoding for a long while: the bound of the others grows
+        c.record("long", AR, 1.0)
+    assert c.choose("long") != AR
+    assert workload([1] * 10) == "short" and workload([1] * 300) == "long"
+
+
+def test_auto_options_are_checked(tiny_llama):
+    for options, words in (
+        ({"methods": "auto"}, "cannot be a candidate"),
+        ({"methods": "ar,pld"}, "cannot be a candidate"),
+        ({"methods": "draft-model"}, "cannot be a candidate"),
+        ({"methods": "nope"}, "unknown method 'nope'"),
+        ({"methods": "pld,pld"}, "named twice"),
+        ({"methods": " , "}, "methods is empty"),
+        ({"methods": "pld", "first": "hybrid"}, "first='hybrid' is not among"),
+        ({"explore": -1}, "explore"),
+    ):
+        with pytest.raises(SpecDecodeError, match=words):
+            build_decoder("auto", tiny_llama, options=options)
+
+
+def test_the_benchmark_says_what_auto_ran(peaky, tmp_path):
+    import json
+
+    from specdecode.bench.datasets import Prompt
+    from specdecode.bench.runner import BenchConfig, run_bench
+
+    prompts = [Prompt(str(i), "c", " ".join(f"t{t}" for t in p)) for i, p in enumerate(PROMPTS)]
+    cfg = BenchConfig(methods=["ar", "auto"], max_new_tokens=8, warmup=0, out=tmp_path / "r.json",
+                      plots=False, progress=False, raw=True, calibration="off")  # fmt: skip
+    res = run_bench(cfg, target=peaky, prompts=prompts, log=lambda m: None)
+    ran = [r.method_ran for r in res.records if r.method == "auto"]
+    assert all(m in ("hybrid", "suffix", "pld", "ar") for m in ran) and ran[0] == "hybrid"
+    assert all(r.method_ran is None for r in res.records if r.method == "ar")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert sum(data["summary"]["auto"]["ran"].values()) == 4 and data["summary"]["ar"]["ran"] is None
+    assert data["summary"]["auto"]["identical_to_ar"] == 4
+    assert [p["results"]["auto"]["method_ran"] for p in data["prompts"]] == ran
+    assert "| auto (" in (tmp_path / "r.md").read_text()
