@@ -22,6 +22,7 @@ from specdecode.engine import Decoder, GenerationResult, Response, build_decoder
 from specdecode.errors import SpecDecodeError
 from specdecode.models.loader import load_model
 from specdecode.sampling import SamplingConfig
+from specdecode.strategies.run import run_strategy  # noqa: F401  (the API of the lossy strategies)
 
 _DECODERS: dict[tuple, Decoder] = {}
 _DECODERS_LOCK = threading.Lock()  # one load per key, however many threads ask at once
@@ -111,13 +112,28 @@ def generate(
     raw: bool = False,
     device: str | None = "auto",
     dtype: str | None = None,
+    strategy: str | None = None,
+    context: str | None = None,
 ) -> GenerationResult:
     """Generate a reply to ``prompt``; returns the text with its figures (tokens/s, mean accepted...).
+
+    ``strategy``: decode with a strategy that changes the output by design instead of a
+    method (``"diverse-beam"``, ``"superposed"``, ``"exact-extract"`` with ``context``,
+    ``"entropy-adaptive"`` with ``draft``); returns :func:`run_strategy`'s result then.
 
     ``prediction``: text the reply is expected to resemble (Predicted Outputs, e.g. the old
     version of a file being edited); it drafts where it matches, and the reply is exactly the
     one without it. ``coupling`` and ``seed``: see :mod:`specdecode.sampling`.
     """
+    if strategy is not None or context is not None:
+        if method != "ar" or temperature != 0 or prediction is not None or stop is not None:
+            raise SpecDecodeError(
+                "a strategy decodes greedily on its own: leave method, temperature, prediction and stop unset"
+            )
+        return run_strategy(
+            prompt, strategy or "exact-extract", model=model, draft=draft, options=options,
+            max_new_tokens=max_new_tokens, context=context, raw=raw, device=device, dtype=dtype,
+        )  # fmt: skip
     decoder, ids, sampling = _prepare(
         prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed, coupling
     )

@@ -13,8 +13,9 @@ from specdecode.errors import SpecDecodeError
 
 def known_method_names() -> list[str]:
     from specdecode.registry import list_methods
+    from specdecode.strategies import list_strategies
 
-    return [s.name for s in list_methods()] + list(BASELINES)
+    return [s.name for s in list_methods()] + list(BASELINES) + [s.name for s in list_strategies()]
 
 
 def method_spec(name: str):
@@ -22,6 +23,10 @@ def method_spec(name: str):
     if is_baseline(name):
         return BASELINES[name]
     from specdecode.registry import get_method
+    from specdecode.strategies import get_strategy, is_strategy
+
+    if is_strategy(name):  # lossy by design: compared with ar, not expected to equal it
+        return get_strategy(name)
 
     try:
         return get_method(name)
@@ -74,6 +79,11 @@ def check_run(
     sampling = SamplingConfig(
         temperature=config.temperature, top_k=config.top_k, top_p=config.top_p, coupling=config.coupling
     )
+    from specdecode.strategies import is_strategy
+
+    greedy_only = [m for m in config.methods if is_strategy(m)]
+    if greedy_only and not sampling.greedy:
+        raise SpecDecodeError(f"{', '.join(greedy_only)} decode greedily: run them with --temperature 0")
     if prompts is None:
         prompts = load_prompts(
             dataset=config.dataset,

@@ -93,6 +93,10 @@ def build_runner(name: str, target, *, draft=None, options: dict | None = None):
     use_draft = draft if spec.needs_draft else None
     if is_baseline(name):
         return build_baseline(name, target, draft=use_draft, options=options)
+    from specdecode.strategies import build_strategy, is_strategy
+
+    if is_strategy(name):
+        return build_strategy(name, target, draft=use_draft, options=options)
     return EngineRunner(name, target, draft=use_draft, options=options)
 
 

@@ -84,6 +84,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="float32 (CPU default), bfloat16 (CUDA default), float16")
     p.add_argument("--raw", action="store_true", help="send the prompt as it is, without the chat template")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    from specdecode.strategies.cli import HELP, add_arguments
+
+    add_arguments(p)
+    p.epilog = f"{p.epilog}\n\n{HELP}"
     p.set_defaults(func=run)
     return p
 
@@ -185,10 +189,15 @@ def _check(args) -> None:
 
 
 def run(args) -> int:
+    args.prompt_from_stdin = args.prompt == "-"
     if args.prompt == "-":
         args.prompt = read_stdin_prompt()
     args.stop = [unescape(s) for s in args.stop]
     _check(args)
+    from specdecode.strategies import cli as strategies_cli
+
+    if strategies_cli.wanted(args):
+        return strategies_cli.run(args)
     from specdecode.models.pairing import check_draft
     from specdecode.registry import get_method, parse_option_strings
 

@@ -13,6 +13,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "`specdecode generate --method NAME --option KEY=VALUE`.",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="also list each method's options")
+    p.add_argument(
+        "--strategies",
+        action="store_true",
+        help="list the strategies instead (specdecode generate --strategy NAME), whose output "
+        "differs from plain decoding by design",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -20,7 +26,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     from specdecode.registry import list_methods
 
-    methods = list_methods()
+    if args.strategies:
+        from specdecode.strategies import list_strategies
+
+        methods = list_strategies()
+    else:
+        methods = list_methods()
     width = max(len(m.name) for m in methods)
     for m in methods:
         extra = " [needs --draft]" if m.needs_draft else ""
