@@ -198,7 +198,7 @@ class Decoder:
                     verdict.accepted,
                     phases,
                     verdict.accepted if predicted else 0,
-                    finish,
+                    finish=finish,
                 )
                 if guide is not None and (finish or guide.ended):
                     return  # the grammar is done (EOS committed) or allows nothing more
