@@ -11,7 +11,10 @@ def add_device_arguments(group, *, threads_help: str) -> None:
     group.add_argument(
         "--dtype",
         default=None,
-        help="float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA)",
+        help="float32, bfloat16, float16 or auto (default: float32 on CPU, the bit-exact mode; bfloat16 "
+        "on CUDA). auto: the fastest the device runs natively, timed once and cached (bfloat16 on GPUs "
+        "and on CPUs with avx512_bf16/amx; float32 otherwise); in bfloat16, output can differ from ar's "
+        "at near-ties",
     )
     group.add_argument("--threads", type=int, default=None, help=threads_help)
 

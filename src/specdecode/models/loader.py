@@ -344,6 +344,10 @@ def load_model(
     same :class:`LoadedModel`. Every failure is a :class:`SpecDecodeError` with one line.
     """
     dev = resolve_device(device)
+    if isinstance(dtype, str) and dtype.strip().lower() == "auto":  # measured once, cached
+        from specdecode.models.autodtype import auto_dtype
+
+        dtype = auto_dtype(name, dev)
     dt = resolve_dtype(dtype, dev)
     src = _resolve_source(name)
     stamp: tuple[Any, ...] = ()
