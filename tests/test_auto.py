@@ -54,13 +54,19 @@ class Scripted(Drafter):
         return DraftTree.chain(chain)
 
 
+def use(auto, name, drafter):
+    """Make ``auto``'s method ``name`` draft with ``drafter``."""
+    auto.drafters[name] = drafter
+    auto.idle[name] = [drafter]
+
+
 def test_auto_leaves_a_method_that_does_not_pay(peaky):
     ref = reference(peaky)
     dec = build_decoder("auto", peaky, options={"methods": "pld,suffix", "first": "pld"})
     auto = dec.drafter
     vocab = peaky.model.config.vocab_size
-    auto.drafters["pld"] = Scripted(ref, vocab, wrong=True)  # every draft rejected: pure cost
-    auto.drafters["suffix"] = Scripted(ref, vocab, wrong=False)  # every draft accepted
+    use(auto, "pld", Scripted(ref, vocab, wrong=True))  # every draft rejected: pure cost
+    use(auto, "suffix", Scripted(ref, vocab, wrong=False))  # every draft accepted
     ran = []
     for i in range(6):
         p = PROMPTS[i % len(PROMPTS)]
@@ -78,7 +84,7 @@ def test_auto_falls_back_to_ar_when_speculation_does_not_pay(peaky):
     dec = build_decoder("auto", peaky, options={"methods": "pld", "first": "pld"})
     # 12 rejected nodes a step: measured here at about 0.67 of ar's speed, below 1 by more
     # than the exploration bonus (0.2 sqrt(ln(N + 1) / 1) = 0.25 at N = 4)
-    dec.drafter.drafters["pld"] = Scripted(ref, peaky.model.config.vocab_size, wrong=True, depth=12)
+    use(dec.drafter, "pld", Scripted(ref, peaky.model.config.vocab_size, wrong=True, depth=12))
     ran = [dec.generate_ids(p, max_new_tokens=N).method_ran for p in PROMPTS]
     assert ran == ["pld", "ar", "ar", "ar"]
     assert dec.drafter.chooser.history[0][1:] == ("pld", pytest.approx(0.67, abs=0.2))

@@ -151,6 +151,9 @@ class Auto(Drafter):
             spec = get_method(name)
             self.drafters[name] = spec.factory(ctx, **spec.parse_options({}))
         self.chooser = Chooser(names, explore, first)
+        # Idle drafters per method, shared by every fork of this one: a request run alone gets
+        # the method's own drafter, concurrent ones a fork of it (as the engine does).
+        self.idle: dict[str, list[Drafter]] = {m: [d] for m, d in self.drafters.items()}
         self.curve = policy_for(ctx.target).curve
 
     @property
@@ -163,7 +166,8 @@ class Auto(Drafter):
         self.work = workload(prompt_ids)
         self.method_ran = self.chooser.choose(self.work)
         self.chooser.last_ran = self.method_ran
-        self.active = self.drafters[self.method_ran].fork()
+        idle = self.idle[self.method_ran]
+        self.active = idle.pop() if idle else self.drafters[self.method_ran].fork()
         start = time.perf_counter()
         self.active.begin(prompt_ids, sampling)
         # the method's own start-up (indexing the prompt, say) counts against it
@@ -201,6 +205,7 @@ class Auto(Drafter):
 
     def finish(self) -> None:
         self.active.finish()
+        self.idle[self.method_ran].append(self.active)
         if self.steps and self.step_s > 0 and self.ar_s > 0:
             speedup = (self.tokens / self.step_s) / (self.steps / self.ar_s)
             self.chooser.record(self.work, self.method_ran, speedup)
