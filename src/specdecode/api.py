@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+from specdecode.constraints import constraint_for
 from specdecode.engine import Decoder, GenerationResult, Response, build_decoder
 from specdecode.errors import SpecDecodeError
 from specdecode.models.loader import load_model
@@ -108,6 +109,10 @@ def generate(
     seed: int | None = None,
     coupling: str = "auto",
     prediction: str | None = None,
+    json_schema: dict | str | None = None,
+    regex: str | None = None,
+    grammar: str | None = None,
+    jump_forward: bool = True,
     stop: str | list[str] | None = None,
     raw: bool = False,
     device: str | None = "auto",
@@ -124,6 +129,10 @@ def generate(
     ``prediction``: text the reply is expected to resemble (Predicted Outputs, e.g. the old
     version of a file being edited); it drafts where it matches, and the reply is exactly the
     one without it. ``coupling`` and ``seed``: see :mod:`specdecode.sampling`.
+
+    ``json_schema`` (a dict or JSON text), ``regex`` or ``grammar`` (Lark text): the reply
+    follows it (:mod:`specdecode.constraints`); greedy output is plain greedy decoding with the
+    grammar's mask at every step. ``jump_forward``: draft the tokens the grammar forces.
     """
     if strategy is not None or context is not None:
         if method != "ar" or temperature != 0 or prediction is not None or stop is not None:
@@ -143,6 +152,7 @@ def generate(
         sampling=sampling,
         stop=_stop_list(stop),
         prediction=_prediction_ids(decoder, prediction),
+        constraint=constraint_for(decoder.loaded, json_schema, regex, grammar, jump_forward),
     )
 
 
@@ -160,6 +170,10 @@ def stream(
     seed: int | None = None,
     coupling: str = "auto",
     prediction: str | None = None,
+    json_schema: dict | str | None = None,
+    regex: str | None = None,
+    grammar: str | None = None,
+    jump_forward: bool = True,
     stop: str | list[str] | None = None,
     raw: bool = False,
     device: str | None = "auto",
@@ -175,4 +189,5 @@ def stream(
         sampling=sampling,
         stop=_stop_list(stop),
         prediction=_prediction_ids(decoder, prediction),
+        constraint=constraint_for(decoder.loaded, json_schema, regex, grammar, jump_forward),
     )

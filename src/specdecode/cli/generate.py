@@ -88,6 +88,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.epilog = f"{p.epilog}\n\n{HELP}"
+    from specdecode.constraints import cli as constraints_cli
+
+    constraints_cli.add_arguments(p)
+    p.epilog = f"{p.epilog}\n\n{constraints_cli.HELP}"
     p.set_defaults(func=run)
     return p
 
@@ -198,9 +202,11 @@ def run(args) -> int:
 
     if strategies_cli.wanted(args):
         return strategies_cli.run(args)
+    from specdecode.constraints.cli import constraint_kwargs
     from specdecode.models.pairing import check_draft
     from specdecode.registry import get_method, parse_option_strings
 
+    constrained = constraint_kwargs(args)  # a bad schema or grammar file: an error before loading
     spec = get_method(args.method)  # unknown method: an error before loading anything
     options = spec.parse_options(parse_option_strings(args.option))
     check_draft(spec, args.draft)
@@ -213,6 +219,7 @@ def run(args) -> int:
         top_p=args.top_p, seed=args.seed, coupling=args.coupling, stop=args.stop or None, raw=args.raw,
         device=args.device, dtype=args.dtype,
     )  # fmt: skip
+    kwargs.update(constrained)
     if args.json:
         result = api.generate(args.prompt, **kwargs)
         out = result.to_dict()

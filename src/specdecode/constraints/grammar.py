@@ -22,6 +22,7 @@ from specdecode.sampling import SamplingConfig
 # without the model choosing; the schema's own "x-guidance" object overrides these.
 JSON_DEFAULTS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 KINDS = ("json_schema", "regex", "grammar")
+_WHAT = {"json_schema": "the JSON schema", "regex": "the regex", "grammar": "the Lark grammar"}
 
 
 def _llguidance():
@@ -124,6 +125,16 @@ def _grammar_text(json_schema, regex, grammar) -> tuple[str, str]:
     return kind, llg.LLMatcher.grammar_from_lark(value)
 
 
+def check_constraint(json_schema=None, regex: str | None = None, grammar: str | None = None) -> None:
+    """The checks that need no tokenizer (JSON, the schema, regex and Lark syntax), so a command
+    can refuse bad input before it loads a model. Raises :class:`SpecDecodeError`."""
+    llg = _llguidance()
+    kind, text = _grammar_text(json_schema, regex, grammar)
+    error = llg.LLMatcher.validate_grammar(text)
+    if error:
+        raise SpecDecodeError(f"{_WHAT[kind]} is invalid: {one_line(error)}")
+
+
 def compile_constraint(
     loaded, *, json_schema=None, regex: str | None = None, grammar: str | None = None, jump_forward=True
 ) -> Constraint:
@@ -134,7 +145,7 @@ def compile_constraint(
     """
     llg = _llguidance()
     kind, text = _grammar_text(json_schema, regex, grammar)
-    what = {"json_schema": "the JSON schema", "regex": "the regex", "grammar": "the Lark grammar"}[kind]
+    what = _WHAT[kind]
     tokenizer = llg_tokenizer(loaded)
     error = llg.LLMatcher.validate_grammar(text, tokenizer)
     if error:

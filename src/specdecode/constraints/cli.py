@@ -1,0 +1,79 @@
+"""``specdecode generate`` options for constrained generation: ``--json-schema``, ``--regex``,
+``--grammar`` and ``--no-jump-forward``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from specdecode.errors import SpecDecodeError
+
+HELP = """\
+constrained generation (the reply follows a JSON schema, a regex or a Lark grammar):
+  specdecode generate --json-schema person.json "Extract the person: Ann, 31, pilot."
+  specdecode generate --regex "[0-9]{3}-[0-9]{4}" --raw "Call me at "
+  specdecode generate --grammar answer.lark --method hybrid "Is water wet?"
+Every method drafts under the constraint (drafts the grammar forbids are never scored; the
+tokens it forces are drafted for free); greedy output equals plain greedy decoding with the
+grammar's mask at every step. JSON is laid out with ", " and ": " and no other white space
+unless the schema's "x-guidance" object says otherwise. finish_reason "constraint": the
+grammar allowed no next token."""
+
+
+def add_arguments(p) -> None:
+    g = p.add_argument_group("constrained generation")
+    one = g.add_mutually_exclusive_group()
+    one.add_argument(
+        "--json-schema",
+        metavar="FILE",
+        default=None,
+        help="the reply is JSON valid against the JSON schema in FILE",
+    )
+    one.add_argument(
+        "--regex", metavar="RE", default=None, help="the reply matches the regular expression RE"
+    )
+    one.add_argument(
+        "--grammar", metavar="FILE", default=None, help="the reply follows the Lark grammar in FILE (.lark)"
+    )
+    g.add_argument(
+        "--no-jump-forward",
+        dest="jump_forward",
+        action="store_false",
+        help="do not draft the tokens the grammar forces (for comparison; the output is the same)",
+    )
+
+
+def _read(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecDecodeError(f"{what} file {path!r} does not exist") from None
+    except IsADirectoryError:
+        raise SpecDecodeError(f"{what} file {path!r} is a directory") from None
+    except UnicodeDecodeError as e:
+        raise SpecDecodeError(f"{what} file {path!r} is not UTF-8 text (byte at offset {e.start})") from None
+    except OSError as e:
+        raise SpecDecodeError(f"cannot read {what} file {path!r}: {e.strerror or e}") from None
+
+
+def constraint_kwargs(args) -> dict:
+    """The API's constraint arguments from the parsed options, files read and JSON parsed (so a
+    bad file is one line before any model loads)."""
+    out: dict = {}
+    if getattr(args, "json_schema", None) is not None:
+        text = _read(args.json_schema, "the JSON schema")
+        try:
+            out["json_schema"] = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SpecDecodeError(f"the JSON schema in {args.json_schema!r} is not valid JSON: {e}") from None
+    elif getattr(args, "regex", None) is not None:
+        out["regex"] = args.regex
+    elif getattr(args, "grammar", None) is not None:
+        out["grammar"] = _read(args.grammar, "the Lark grammar")
+    if out:
+        from specdecode.constraints.grammar import check_constraint
+
+        check_constraint(**out)
+    if out and not getattr(args, "jump_forward", True):
+        out["jump_forward"] = False
+    return out
