@@ -142,6 +142,8 @@ class Decoder:
         target = Target(loaded)  # this generation's KV cache
         if drafter.reads_target:  # drafting from the target itself: read access, never write
             drafter.attach(target.reader(drafter.reads_target))
+        if drafter.reads_target:  # drafting from the target itself: read access, never write
+            drafter.attach(target.reader(drafter.reads_target))
         sampler = Sampler(sampling, loaded.device)
         prompt = list(tokens)
         guide = check = None  # constrained generation: the grammar's state, and its verifier

@@ -26,7 +26,7 @@ import sys
 from specdecode import __version__
 from specdecode.errors import SpecDecodeError
 
-COMMANDS = ["generate", "methods", "models", "bench", "calibrate", "serve", "audit"]
+COMMANDS = ["generate", "methods", "models", "bench", "calibrate", "serve", "audit", "train"]
 
 DESCRIPTION = """\
 Fast, lossless decoding for Hugging Face causal language models.

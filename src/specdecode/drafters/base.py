@@ -69,6 +69,10 @@ class Drafter:
     """
 
     composable = False
+    # What this drafter reads of the target's forwards ("hidden": the final hidden state of the
+    # newest cached token; "kv": the committed KV rows); the decoder hands it a read-only
+    # :class:`specdecode.target.TargetReader` through :meth:`attach` at each generation's start.
+    reads_target: frozenset[str] = frozenset()
 
     def fork(self) -> Drafter:
         """A drafter for a concurrent generation: shares the learned state, not the per-generation
@@ -77,6 +81,9 @@ class Drafter:
 
     def begin(self, prompt_ids: list[int], sampling: SamplingConfig) -> None:
         """A new sequence starts; ``prompt_ids`` is the whole prompt."""
+
+    def attach(self, reader) -> None:
+        """This generation's read access to the target (only when :attr:`reads_target` asks)."""
 
     def finish(self) -> None:
         """The sequence ended (or its consumer stopped early): hand what it taught to the

@@ -1,0 +1,207 @@
+"""``medusa`` and ``hydra``: trained draft heads on the target's last hidden state propose a
+token tree (the heads: :mod:`specdecode.training.heads`; training: ``specdecode train``).
+
+Each step the drafter reads, through the target's read-only
+:class:`specdecode.target.TargetReader`, the final hidden state ``h`` of the token whose logits
+gave the root (the target's forward computed it anyway), and grows a tree below the root:
+
+- ``medusa``: every head runs once on ``h``; the tree is the best-first product of their top-k
+  lists (a node at depth ``d`` holds one of head ``d``'s top tokens), ranked by the product of
+  the per-edge acceptance estimates along its path.
+- ``hydra``: head ``d`` also sees the embeddings of the root and of the tokens on the path
+  above, so the tree grows level by level: the ``width`` likeliest nodes of a level are
+  expanded together (one batched head + LM head product per level).
+
+A head's probability for its token is calibrated into an acceptance estimate per depth and
+probability bin from what the target accepted (:class:`AcceptanceRates`); the latency-curve
+budget (:mod:`specdecode.budget`) chooses how many of the ranked nodes to score. Drafts are
+deterministic (top-k, distinct siblings), so the shared verifier keeps the output the target's
+under greedy decoding and sampling alike.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from pathlib import Path
+from typing import Annotated
+
+import torch
+
+from specdecode.budget import Budget, MaxNodes, policy_for
+from specdecode.drafters._estimates import AcceptanceRates, sort_by_probability
+from specdecode.drafters.base import CandidateDrafter, Candidates
+from specdecode.errors import SpecDecodeError
+from specdecode.registry import at_least, register
+from specdecode.target import check_readable
+from specdecode.training.heads import default_heads_path, load_heads
+
+BINS = 10  # head-probability bins per depth for the acceptance estimates
+
+HeadsPath = Annotated[
+    str,
+    "trained heads (safetensors from `specdecode train`); empty: the default location for this model",
+]
+
+
+class HeadDrafter(CandidateDrafter):
+    """Shared by medusa and hydra: the heads, the estimates, the reader of ``h``."""
+
+    method = ""
+    reads_target = frozenset({"hidden"})
+
+    def __init__(self, ctx, heads: str, top_k: int, budget: int, max_nodes: int) -> None:
+        loaded = ctx.target
+        check_readable(loaded, self.method)
+        model = loaded.model
+        self.lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        self.embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        if self.lm_head is None or self.embed is None:
+            raise SpecDecodeError(
+                f"{self.method} runs its heads through the target's embeddings and LM head, which "
+                f"{type(model).__name__} does not expose: use another method"
+            )
+        path = Path(heads).expanduser() if heads else default_heads_path(loaded, self.method)
+        self.heads, self.info = load_heads(path, loaded, self.method)
+        self.path = path
+        self.top_k = top_k
+        self.budget = budget
+        self.max_nodes = budget or max_nodes
+        self.policy = None if budget else policy_for(loaded, max_nodes=max_nodes)
+        k = self.heads.num_heads
+        # bucket d * BINS + b: depth d + 1, head probability in bin b (bin 0 the likeliest);
+        # prior: the bin's middle probability, worth a few trials.
+        prior = [1.0 - (b + 0.5) / BINS for _ in range(k) for b in range(BINS)]
+        self.rates = AcceptanceRates(prior, weight=8.0, decay=0.995, monotone=True, block=BINS)
+        self.reader = None
+
+    def attach(self, reader) -> None:
+        self.reader = reader
+
+    def _bucket(self, depth: int, p: float) -> int:
+        return (depth - 1) * BINS + min(BINS - 1, int((1.0 - p) * BINS))
+
+    def _dists(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Softmax of the LM head on head outputs ``[..., hidden]`` → ``[..., vocab]``."""
+        return self.lm_head(hidden).float().softmax(-1)
+
+    def _finish(self, tokens, parents, probs, tags, start) -> Candidates:
+        tokens, parents, probs, order = sort_by_probability(tokens, parents, probs)
+        tags = [tags[i] for i in order]
+        n = min(len(tokens), self.max_nodes)
+        return Candidates(tokens[:n], parents[:n], probs[:n], tags[:n], 0.0)
+
+    def learn(self, outcome, judged) -> None:
+        self.rates.update([(tag, ok) for tag, ok in judged])
+
+
+@register(
+    "medusa",
+    "Medusa: trained heads on the target's last hidden state, one per future position, verified "
+    "as a token tree of their top-k (train with `specdecode train medusa`)",
+)
+class Medusa(HeadDrafter):
+    method = "medusa"
+
+    def __init__(
+        self,
+        ctx,
+        heads: HeadsPath = "",
+        top_k: Annotated[int, "tokens taken from each head's distribution", at_least(1)] = 6,
+        budget: Budget = 0,
+        max_nodes: MaxNodes = 48,
+    ) -> None:
+        super().__init__(ctx, heads, top_k, budget, max_nodes)
+
+    def candidates(self, tokens: list[int], max_depth: int) -> Candidates:
+        start = time.perf_counter()
+        depth_limit = min(self.heads.num_heads, max_depth)
+        h = self.reader.hidden  # [hidden]
+        outs = torch.stack(self.heads(h)[:depth_limit])  # [depth_limit, hidden]
+        top = torch.topk(self._dists(outs), self.top_k, dim=-1)  # [depth_limit, top_k]
+        probs, ids = top.values.tolist(), top.indices.tolist()
+        rates = self.rates.rates
+        toks: list[int] = []
+        parents: list[int] = []
+        est: list[float] = []
+        tags: list[int] = []
+        # best-first over paths: a node's children are head (depth + 1)'s top tokens
+        heap: list[tuple[float, int, int, int, int]] = []  # (-estimate, tie, parent, depth, rank)
+        tie = 0
+
+        def push(parent: int, depth: int, base: float) -> None:
+            nonlocal tie
+            for r in range(self.top_k):
+                e = base * rates[self._bucket(depth, probs[depth - 1][r])]
+                heapq.heappush(heap, (-e, tie, parent, depth, r))
+                tie += 1
+
+        push(-1, 1, 1.0)
+        while heap and len(toks) < self.max_nodes:
+            neg, _, parent, depth, r = heapq.heappop(heap)
+            node = len(toks)
+            toks.append(ids[depth - 1][r])
+            parents.append(parent)
+            est.append(-neg)
+            tags.append(self._bucket(depth, probs[depth - 1][r]))
+            if depth < depth_limit:
+                push(node, depth + 1, -neg)
+        return self._finish(toks, parents, est, tags, start)
+
+
+@register(
+    "hydra",
+    "Hydra: trained heads on the target's last hidden state, each also seeing the tokens drafted "
+    "before it; a token tree grown level by level (train with `specdecode train hydra`)",
+)
+class Hydra(HeadDrafter):
+    method = "hydra"
+
+    def __init__(
+        self,
+        ctx,
+        heads: HeadsPath = "",
+        top_k: Annotated[int, "children taken from each expanded node's head", at_least(1)] = 4,
+        width: Annotated[int, "nodes expanded per level (one batched head product each)", at_least(1)] = 2,
+        budget: Budget = 0,
+        max_nodes: MaxNodes = 48,
+    ) -> None:
+        super().__init__(ctx, heads, top_k, budget, max_nodes)
+        self.width = width
+
+    def candidates(self, tokens: list[int], max_depth: int) -> Candidates:
+        start = time.perf_counter()
+        depth_limit = min(self.heads.num_heads, max_depth)
+        h = self.reader.hidden  # [hidden]
+        rates = self.rates.rates
+        toks: list[int] = []
+        parents: list[int] = []
+        est: list[float] = []
+        tags: list[int] = []
+        embed_root = self.embed(torch.tensor([tokens[-1]], device=h.device))  # [1, hidden]
+        # the level being expanded: (node, estimate, embeddings of the root and the path [d, hidden])
+        level = [(-1, 1.0, embed_root)]
+        for depth in range(1, depth_limit + 1):
+            prev = torch.stack([e for _, _, e in level])  # [w, depth, hidden]
+            out = self.heads.head(depth - 1, h.expand(len(level), -1), prev)  # [w, hidden]
+            top = torch.topk(self._dists(out), self.top_k, dim=-1)  # [w, top_k]
+            children = []
+            for (node, base, path_emb), ps, ids in zip(
+                level, top.values.tolist(), top.indices.tolist(), strict=True
+            ):
+                for p, t in zip(ps, ids, strict=True):
+                    bucket = self._bucket(depth, p)
+                    e = base * rates[bucket]
+                    toks.append(t)
+                    parents.append(node)
+                    est.append(e)
+                    tags.append(bucket)
+                    children.append((len(toks) - 1, e, path_emb))
+            if depth == depth_limit or len(toks) >= self.max_nodes:
+                break
+            children.sort(key=lambda c: -c[1])
+            level = []
+            for node, e, path_emb in children[: self.width]:
+                emb = self.embed(torch.tensor([toks[node]], device=h.device))  # [1, hidden]
+                level.append((node, e, torch.cat([path_emb, emb])))
+        return self._finish(toks, parents, est, tags, start)

@@ -1,0 +1,1 @@
+"""Training small modules on top of a target model (draft heads), by self-distillation."""
