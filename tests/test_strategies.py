@@ -446,3 +446,18 @@ def test_bench_runs_strategies_beside_ar(peaky):
         run_bench(
             dataclasses.replace(config, temperature=0.7), target=peaky, prompts=prompts, log=lambda m: None
         )
+
+
+def test_a_word_across_the_switch_is_tokenized_as_one():
+    from specdecode.strategies.entropy_adaptive import _Side
+
+    lm = _with(_byte_bpe(290), 33)
+    tok = lm.tokenizer
+    assert len(tok.encode("the")) == 1 and len(tok.encode("t")) == 1  # "t" + "he" merge into "the"
+    side = _Side(lm, tok.encode("a dog"))
+    side.reader.logprobs(side.ids + tok.encode("t"))  # this side wrote "t" and read it
+    side.ids += tok.encode("t")
+    side.covered = 1
+    side.sync("the cat")  # the other model went on with "he cat"
+    assert side.ids[side.prompt_len :] == tok.encode("the cat")
+    assert side.reader.fed == side.prompt_len  # "t" is forgotten, to be read again as "the"

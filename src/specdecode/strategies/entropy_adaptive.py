@@ -29,7 +29,7 @@ from typing import Annotated
 import torch
 
 from specdecode.drafters._bridge import check_bridge, same_vocabulary
-from specdecode.kvcache import cache_argument
+from specdecode.kvcache import kv_cache
 from specdecode.registry import at_least
 from specdecode.strategies import Strategy, StrategyOutput, register_strategy
 
@@ -38,12 +38,9 @@ class _Reader:
     """A model that reads a growing token list, feeding only the tokens it has not seen."""
 
     def __init__(self, loaded) -> None:
-        from transformers import DynamicCache
-
         self.loaded = loaded
         self.model = loaded.model
-        self.cache = DynamicCache(config=self.model.config)
-        self._arg = cache_argument(self.model)
+        self.cache = kv_cache(self.model)  # refuses, up front, a cache that cannot drop rows
         self.fed = 0
         self.forwards = 0
         self.last: torch.Tensor | None = None
@@ -59,12 +56,18 @@ class _Reader:
         positions = torch.arange(self.fed, len(ids), device=device)
         out = self.model(
             input_ids=x, position_ids=positions[None], cache_position=positions, use_cache=True,
-            logits_to_keep=1, **{self._arg: self.cache},
+            logits_to_keep=1, **self.cache.kwargs,
         )  # fmt: skip
         self.fed = len(ids)
         self.forwards += 1
         self.last = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
         return self.last
+
+    def forget(self, length: int) -> None:
+        """Keep only the first ``length`` tokens read (the rest will be read again)."""
+        if self.fed > length:
+            self.cache.crop(length)
+            self.fed = length
 
 
 def entropy(logprobs: torch.Tensor) -> float:
@@ -86,10 +89,25 @@ class _Side:
         self.eos = set(loaded.eos_token_ids)
 
     def sync(self, text: str) -> None:
+        """Read the text the other model wrote since this one last looked. The piece is encoded
+        together with this side's last generated token, so a word that runs across the switch
+        is tokenized as this model's tokenizer would (the token is read again if it changes)."""
         piece = text[self.covered :]
-        if piece:
-            self.ids.extend(self.tok.encode(piece, add_special_tokens=False))
-            self.covered = len(text)
+        if not piece:
+            return
+        self.covered = len(text)
+        if len(self.ids) > self.prompt_len:
+            last = self.tok.decode(self.ids[-1:], skip_special_tokens=False)
+            if last and not last.endswith("\ufffd") and text[: len(text) - len(piece)].endswith(last):
+                merged = self.tok.encode(last + piece, add_special_tokens=False)
+                if merged[:1] != self.ids[-1:]:
+                    self.ids.pop()
+                    self.reader.forget(len(self.ids))
+                    self.ids.extend(merged)
+                    return
+                self.ids.extend(merged[1:])
+                return
+        self.ids.extend(self.tok.encode(piece, add_special_tokens=False))
 
 
 def entropy_adaptive_decode(small, large, prompt_ids, *, max_new_tokens, threshold, window):
