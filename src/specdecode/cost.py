@@ -47,6 +47,23 @@ def _cummax(row: list[float]) -> list[float]:
     return out
 
 
+def _isotonic(row: list[float]) -> list[float]:
+    """The non-decreasing sequence nearest ``row`` in squared error (pool adjacent violators):
+    a timing that noise pushed above its right neighbours is averaged with them, not spread
+    over them as a running maximum would."""
+    blocks: list[list[float]] = []  # [sum, count] of each pooled run
+    for s in row:
+        blocks.append([float(s), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    out: list[float] = []
+    for total, count in blocks:
+        out += [total / count] * int(count)
+    return out
+
+
 @dataclass
 class LatencyCurve:
     """Median seconds of one target forward scoring ``ns[i]`` tokens after a cached context.
@@ -54,8 +71,9 @@ class LatencyCurve:
     ``seconds``: at ``context_len`` cached tokens. ``contexts``/``grid``, when measured:
     ``grid[j][i]`` is the forward over ``ns[i]`` tokens after ``contexts[j]`` cached tokens
     (``contexts[0] == context_len``, ``grid[0] == seconds``). The timings are kept monotone, in
-    n and in the context (a running maximum over the medians, which noise can leave
-    out of order): scoring more tokens, or after more, never costs less. ``threads``: torch's
+    n (isotonic regression of each row: noise can leave the medians out of order) and in the
+    context (the elementwise maximum with the row before): scoring more tokens, or after more,
+    never costs less. ``threads``: torch's
     CPU thread count during the measurement (0: not recorded, a version-1 file).
     """
 
@@ -93,14 +111,14 @@ class LatencyCurve:
                 if not isinstance(row, list) or len(row) != len(self.ns):
                     raise ValueError("every row of the context grid needs one timing per token count")
                 _check_timings(row, "grid timings")
-            rows = [_cummax(row) for row in self.grid]
+            rows = [_isotonic(row) for row in self.grid]
             for j in range(1, len(rows)):  # never cheaper after a longer context
                 rows[j] = [max(a, b) for a, b in zip(rows[j - 1], rows[j], strict=True)]
             self.grid = rows
             self.context_len = self.contexts[0]
             self.seconds = list(rows[0])
         else:
-            self.seconds = _cummax(self.seconds)
+            self.seconds = _isotonic(self.seconds)
         self._rows: dict[int, list[float]] = {}
 
     def _row(self, context: float | None) -> list[float]:
@@ -310,11 +328,11 @@ class _ForwardTimer:
     ``context_len`` of ``ids``; the rest are the drafts), cropping the cache back after each."""
 
     def __init__(self, loaded, ids: list[int], context_len: int) -> None:
-        from specdecode.target import Target
+        from specdecode.backends import new_target
 
         context, self.draft = ids[:context_len], ids[context_len:]
         self.device = loaded.device
-        self.target = Target(loaded)
+        self.target = new_target(loaded)  # the model's own backend
         self.target.prefill(context[:-1])
         self.base = self.target.length
         self.root = context[-1]
