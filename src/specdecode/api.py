@@ -37,8 +37,10 @@ def get_decoder(
     options: dict | None = None,
     device: str | None = "auto",
     dtype: str | None = None,
+    backend: str | None = None,
 ) -> Decoder:
-    """A (cached) decoder for ``method`` on ``model`` (``None``/``"default"``: the embedded model)."""
+    """A (cached) decoder for ``method`` on ``model`` (``None``/``"default"``: the embedded model);
+    ``backend``: what runs the target, "transformers" (default) or "llama.cpp" (:mod:`specdecode.backends`)."""
     for name, value in (("method", method), ("model", model), ("draft", draft), ("device", device)):
         if value is not None and not isinstance(value, str):
             raise SpecDecodeError(f"{name} must be a string, got {type(value).__name__} {value!r}")
@@ -52,10 +54,11 @@ def get_decoder(
         tuple(sorted((str(k), repr(v)) for k, v in (options or {}).items())),
         device,
         dtype,
+        backend,
     )
     with _DECODERS_LOCK:
         if key not in _DECODERS:
-            target = load_model(model, device=device, dtype=dtype)
+            target = load_model(model, device=device, dtype=dtype, backend=backend)
             draft_model = load_model(draft, device=str(target.device), dtype=dtype) if draft else None
             _DECODERS[key] = build_decoder(method, target, draft=draft_model, options=options)
         return _DECODERS[key]
@@ -81,8 +84,9 @@ def _prediction_ids(decoder: Decoder, prediction) -> list[int] | None:
 
 
 def _prepare(
-    prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed, coupling
-):
+    prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed, coupling,
+    backend=None,
+):  # fmt: skip
     if not isinstance(prompt, str):
         hint = (
             " (decode it first, e.g. prompt.decode('utf-8'))"
@@ -91,7 +95,9 @@ def _prepare(
         )
         raise SpecDecodeError(f"the prompt must be a str, got {type(prompt).__name__}{hint}")
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, coupling=coupling)
-    decoder = get_decoder(method, model, draft=draft, options=options, device=device, dtype=dtype)
+    decoder = get_decoder(
+        method, model, draft=draft, options=options, device=device, dtype=dtype, backend=backend
+    )
     return decoder, decoder.loaded.encode_prompt(prompt, raw=raw), sampling
 
 
@@ -117,6 +123,7 @@ def generate(
     raw: bool = False,
     device: str | None = "auto",
     dtype: str | None = None,
+    backend: str | None = None,
     strategy: str | None = None,
     context: str | None = None,
 ) -> GenerationResult:
@@ -144,8 +151,9 @@ def generate(
             max_new_tokens=max_new_tokens, context=context, raw=raw, device=device, dtype=dtype,
         )  # fmt: skip
     decoder, ids, sampling = _prepare(
-        prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed, coupling
-    )
+        prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed, coupling,
+        backend,
+    )  # fmt: skip
     return decoder.generate_ids(
         ids,
         max_new_tokens=max_new_tokens,
@@ -178,11 +186,13 @@ def stream(
     raw: bool = False,
     device: str | None = "auto",
     dtype: str | None = None,
+    backend: str | None = None,
 ) -> Iterator[Response]:
     """Yield :class:`Response` pieces (text delta, token ids, finish reason on the last)."""
     decoder, ids, sampling = _prepare(
-        prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed, coupling
-    )
+        prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed, coupling,
+        backend,
+    )  # fmt: skip
     yield from decoder.stream(
         ids,
         max_new_tokens=max_new_tokens,

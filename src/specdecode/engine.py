@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from specdecode.backends import close_target, new_target
 from specdecode.detokenize import IncrementalDetokenizer
 from specdecode.drafters.base import Drafter, MethodContext, StepOutcome
 from specdecode.errors import SpecDecodeError
@@ -22,7 +23,6 @@ from specdecode.models.pairing import check_draft
 from specdecode.prediction import Prediction
 from specdecode.registry import get_method
 from specdecode.sampling import Sampler, SamplingConfig
-from specdecode.target import Target
 from specdecode.tree import DraftTree
 from specdecode.verify import verify
 
@@ -139,9 +139,7 @@ class Decoder:
         constraint=None,
     ):
         lock, loaded = self._lock, self.loaded
-        target = Target(loaded)  # this generation's KV cache
-        if drafter.reads_target:  # drafting from the target itself: read access, never write
-            drafter.attach(target.reader(drafter.reads_target))
+        target = new_target(loaded)  # this generation's KV cache, on the model's backend
         if drafter.reads_target:  # drafting from the target itself: read access, never write
             drafter.attach(target.reader(drafter.reads_target))
         sampler = Sampler(sampling, loaded.device)
@@ -207,6 +205,7 @@ class Decoder:
         finally:
             with lock:
                 drafter.finish()
+            close_target(target)
 
     # ---- layer 2: stream of responses -----------------------------------------------------
     def stream(

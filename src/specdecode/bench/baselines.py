@@ -3,7 +3,10 @@
 - ``hf-ar``: ``model.generate()``, greedy (or sampling with the same settings);
 - ``hf-pld``: its prompt lookup decoding (``prompt_lookup_num_tokens``);
 - ``hf-assisted``: its assisted generation with ``--draft`` as the assistant (universal assisted
-  decoding, ``tokenizer`` + ``assistant_tokenizer``, when the vocabularies differ).
+  decoding, ``tokenizer`` + ``assistant_tokenizer``, when the vocabularies differ);
+- ``llama-ar``, ``llama-pld`` (with ``--backend llama.cpp``): llama.cpp's own greedy decoding
+  of the same GGUF, plain and with its prompt lookup (:mod:`specdecode.backends.llamacpp_baselines`).
+  On that backend the ``hf-*`` baselines run on the same weights loaded in transformers.
 
 ``generate()`` does not report its steps, so a forward pre-hook on the target model reads the
 KV-cache length before each target forward; the tokens each forward committed follow from
@@ -20,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from specdecode.backends import transformers_twin
+from specdecode.backends.llamacpp_baselines import llama_factory
 from specdecode.errors import SpecDecodeError
 from specdecode.registry import MethodSpec, Option
 
@@ -192,11 +197,12 @@ def probe(baseline: HFBaseline) -> None:
 
 def _make(name: str, needs_draft: bool = False):
     def factory(ctx, **options):
+        target = transformers_twin(ctx.target)  # the same weights in transformers on another backend
         draft = ctx.draft if needs_draft else None
         if draft is not None:
-            check_bridgeable(ctx.target, draft)
-        baseline = HFBaseline(name, ctx.target, draft=draft, extra=options)
-        if draft is not None and different_vocab(ctx.target, draft):
+            check_bridgeable(target, draft)
+        baseline = HFBaseline(name, target, draft=draft, extra=options)
+        if draft is not None and different_vocab(target, draft):
             probe(baseline)
         return baseline
 
@@ -242,6 +248,20 @@ BASELINES: dict[str, MethodSpec] = {
                 ),
             },
             needs_draft=True,
+        ),
+        MethodSpec(
+            "llama-ar",
+            "llama.cpp's own greedy decoding of the GGUF (llama-cpp-python; --backend llama.cpp)",
+            llama_factory("llama-ar", lookup=False),
+        ),
+        MethodSpec(
+            "llama-pld",
+            "llama.cpp's greedy decoding with its prompt lookup (LlamaPromptLookupDecoding; --backend llama.cpp)",
+            llama_factory("llama-pld", lookup=True),
+            {
+                "num_pred_tokens": Option(int, 10, "tokens proposed per step", _positive, ">= 1"),
+                "max_ngram_size": Option(int, 2, "longest n-gram matched", _positive, ">= 1"),
+            },
         ),
     )
 }

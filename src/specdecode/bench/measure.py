@@ -121,8 +121,13 @@ def rotation(methods: list[str], i: int) -> list[str]:
 def tie_gap(loaded, prompt_ids: list[int], prefix: list[int], a: int | None, b: int | None) -> float:
     """How far from a tie the target is after ``prompt + prefix``: the top logit minus the lower
     of tokens ``a`` and ``b`` (the two outputs' choices); with a choice unknown, the top-2 gap."""
-    ids = torch.tensor([prompt_ids + prefix], dtype=torch.long, device=loaded.device)
-    logits = loaded.model(input_ids=ids, logits_to_keep=1).logits[0, -1].float()  # [vocab]
+    from specdecode.backends import close_target, new_target
+
+    target = new_target(loaded)  # the model's own backend: llama.cpp's logits on llama.cpp
+    try:
+        logits = target.prefill(prompt_ids + prefix)  # [vocab]
+    finally:
+        close_target(target)
     top = torch.topk(logits, 2).values
     if a is None or b is None:
         return float(top[0] - top[1])

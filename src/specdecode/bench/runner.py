@@ -72,6 +72,7 @@ class BenchConfig:
     coupling: str = "residual"  # how sampling draws (see specdecode.sampling); residual: the papers'
     device: str = "auto"
     dtype: str | None = None
+    backend: str = "transformers"  # what runs the target: transformers or llama.cpp (specdecode.backends)
     out: str | Path | None = "bench-results.json"
     plots: bool = True
     method_options: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -140,7 +141,7 @@ def _load_models(config: BenchConfig, target, draft):
     from specdecode.models.loader import load_model
 
     if target is None:
-        target = load_model(config.model, device=config.device, dtype=config.dtype)
+        target = load_model(config.model, device=config.device, dtype=config.dtype, backend=config.backend)
     if draft is None and config.draft is not None:
         draft = load_model(config.draft, device=str(target.device), dtype=config.dtype)
     return target, draft

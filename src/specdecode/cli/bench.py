@@ -69,6 +69,9 @@ def _add_model_options(g) -> None:
     add_device_arguments(
         g, threads_help="torch CPU threads (default: torch's choice); recorded in the result"
     )
+    from specdecode.backends import add_backend_argument
+
+    add_backend_argument(g)
 
 
 def _add_method_options(g) -> None:
@@ -239,6 +242,7 @@ def config_from_args(args):
         coupling=args.coupling,
         device=args.device,
         dtype=args.dtype,
+        backend=args.backend,
         out=args.out,
         plots=not args.no_plots,
         method_options=parse_method_options(args.method_option),

