@@ -17,8 +17,11 @@ is identical to ar's (a difference is classed as a floating-point near-tie or a 
 
 Methods: the project's own (see `specdecode methods`: ar, pld, draft-model, ...) and the
 transformers baselines hf-ar (generate), hf-pld (prompt lookup) and hf-assisted (assisted
-generation with --draft). Warm-up runs come first and are not counted; methods are then
-interleaved prompt by prompt in a rotating order.
+generation with --draft). The strategies (`specdecode methods --strategies`: diverse-beam,
+superposed, exact-extract spanning the prompt itself, entropy-adaptive with --draft as the
+small model) run beside them, greedy only: their output differs from ar's by design, and the
+comparison with ar measures how far. Warm-up runs come first and are not counted; methods are
+then interleaved prompt by prompt in a rotating order.
 
 Writes FILE.json (summary, categories, per-prompt figures, meta), FILE.md and the plots
 FILE-speedup.png, FILE-accept.png and FILE-latency.png (when a latency calibration is cached;
@@ -34,6 +37,7 @@ examples:
   specdecode bench --methods hf-ar,ar,draft-model,hf-assisted --draft path/to/small-model
   specdecode bench --methods hf-ar,pld --method-option pld.draft_len=5 --method-option hf-pld.prompt_lookup_num_tokens=5
   specdecode bench --categories mt_bench --turns all --methods hf-ar,ar,hybrid --out chat.json
+  specdecode bench --methods hf-ar,ar,diverse-beam,superposed,exact-extract --max-new-tokens 64
   specdecode bench --compare old.json new.json
 
 prompt files (JSONL): one object a line with "prompt" (a string) or "turns" (a list: the first

@@ -95,7 +95,7 @@ def diverse_beam_search(
     seqs: list[list[int]] = [[] for _ in range(num_beams)]
     eos_sorted = sorted(eos_ids)
     pad = eos_sorted[0] if eos_sorted else 0
-    n_candidates = max(2, 1 + len(eos_sorted)) * size
+    n_candidates = min(max(2, 1 + len(eos_sorted)) * size, size * vocab)
 
     for step in range(1, max_new_tokens + 1):  # ``step``: generated length with this token
         chosen = [pad] * num_beams  # this step's token for each beam

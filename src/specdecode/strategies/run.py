@@ -45,6 +45,8 @@ def run_strategy(
         raise SpecDecodeError(f"context must be a str, got {type(context).__name__}")
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise SpecDecodeError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
+    if options is not None and not isinstance(options, dict):
+        raise SpecDecodeError(f"options must be a dict of strategy options, got {type(options).__name__}")
     spec = get_strategy(strategy)
     if context is not None and strategy != "exact-extract":
         raise SpecDecodeError(f"context is for the exact-extract strategy, not {strategy!r}")

@@ -28,6 +28,7 @@ from typing import Annotated
 
 import torch
 
+from specdecode.errors import SpecDecodeError
 from specdecode.registry import at_least, in_range
 from specdecode.strategies import Candidate, Strategy, StrategyOutput, register_strategy
 from specdecode.strategies._lm import RowsLM
@@ -79,6 +80,8 @@ def superposed_decode(
     """``k`` drafts from one pass; each ``Candidate.score`` is the draft's mean log-score per token."""
     first = lm.start(prompt_ids).exp()  # [V]
     vocab = first.shape[-1]
+    if k > vocab:
+        raise SpecDecodeError(f"superposed: num_drafts ({k}) is more than the vocabulary ({vocab})")
     ngrams = PromptNgrams(prompt_ids, ngram_order)
 
     def mix(p_lm: torch.Tensor, history: list[int]) -> torch.Tensor:
