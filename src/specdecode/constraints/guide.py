@@ -9,7 +9,8 @@ for :class:`specdecode.engine.Decoder`:
   pruned *before* its budget cut, so the budget goes to valid nodes; any other drafter's tree
   is pruned after it is proposed, and it learns from the outcome mapped back onto its own tree.
 - **Jump-forward.** The tokens the grammar forces (llguidance's fast-forward tokens) after the
-  root and after each leaf of the pruned tree are appended as free draft nodes: verified in
+  root and after the pruned tree's first path (the drafter's best guess) are appended as free
+  draft nodes: verified in
   the same forward, accepted when the masked target agrees (always, where only one token is
   allowed), so a forced run costs no forward of its own.
 - **Masked verification.** Every row the verifier reads is the target's distribution with
@@ -150,36 +151,42 @@ class Guide:
         kids: list[list[int]] = [[] for _ in range(n_own + 1)]
         for i, p in enumerate(parents):
             kids[p + 1].append(i)
-        depth = [0] * n_own
-        for i, p in enumerate(parents):
-            depth[i] = 1 if p < 0 else depth[p] + 1
         m = self.matcher
-        # Visit every node with the matcher at its state: masks (eager) and forced runs at the
-        # root and at the leaves.
-        stack: list[tuple[int, int]] = [(-1, 0)]
-        grafts: list[tuple[int, list[int]]] = []  # (node, forced tokens below it)
-        while stack:
-            node, k = stack[-1]
-            if k == 0:
-                if eager:
+        if eager:  # every row's mask: visit each node with the matcher at its state
+            stack: list[tuple[int, int]] = [(-1, 0)]
+            while stack:
+                node, k = stack[-1]
+                if k == 0:
                     masks[node + 1] = self.allowed() if node < 0 or tokens[node] not in self.eos else None
-                leaf = not kids[node + 1]
-                if self.jump_forward and (node < 0 or leaf) and (node < 0 or tokens[node] not in self.eos):
-                    room = max_depth - (depth[node] if node >= 0 else 0)
-                    forced = m.compute_ff_tokens()[: min(room, MAX_FORCED)] if room > 0 else []
-                    if forced:
-                        grafts.append((node, forced))
-            children = kids[node + 1]
-            if k == len(children) or (node >= 0 and tokens[node] in self.eos):
-                stack.pop()
-                if node >= 0 and tokens[node] not in self.eos:
-                    m.rollback(1)
-                continue
-            stack[-1] = (node, k + 1)
-            c = children[k]
-            if tokens[c] not in self.eos:
-                m.consume_token(tokens[c])
-            stack.append((c, 0))
+                children = kids[node + 1]
+                if k == len(children) or (node >= 0 and tokens[node] in self.eos):
+                    stack.pop()
+                    if node >= 0 and tokens[node] not in self.eos:
+                        m.rollback(1)
+                    continue
+                stack[-1] = (node, k + 1)
+                c = children[k]
+                if tokens[c] not in self.eos:
+                    m.consume_token(tokens[c])
+                stack.append((c, 0))
+        # Forced runs below the root and below the end of the drafter's first path (its best
+        # guess: candidates come best first), not below every leaf: each forced node is scored.
+        grafts: list[tuple[int, list[int]]] = []  # (node, forced tokens below it)
+        if self.jump_forward:
+            chain = _first_chain(parents)
+            for node, path in ((-1, []), (chain[-1] if chain else None, chain)):
+                if node is None or (path and tokens[path[-1]] in self.eos):
+                    continue
+                room = min(max_depth - len(path), MAX_FORCED)
+                if room <= 0:
+                    continue
+                for i in path:
+                    m.consume_token(tokens[i])
+                forced = m.compute_ff_tokens()[:room]
+                if path:
+                    m.rollback(len(path))
+                if forced:
+                    grafts.append((node, forced))
         if eager and probs is not None:
             rows = [masks[p + 1] for p in parents]  # each node was drawn after its parent's path
             allowed = torch.stack([self._fit(r, probs.shape[-1]) for r in rows]).to(probs.device)
