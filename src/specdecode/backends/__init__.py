@@ -25,7 +25,8 @@ BACKEND_HELP = (
     "what runs the target model: transformers (default, the reference) or llama.cpp (the GGUF "
     "file in llama.cpp via llama-cpp-python, CPU; every train-free method works on it, greedy "
     "output identical to llama.cpp's own greedy decoding of the same file; with --dtype float32 "
-    "or bfloat16 the GGUF is first converted to that format once and cached)"
+    "or bfloat16 the GGUF is first converted to that format once and cached; --threads sets its "
+    "thread count too)"
 )
 
 

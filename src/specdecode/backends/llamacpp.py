@@ -86,12 +86,11 @@ def llama_cpp_module():
     return _LIB
 
 
-def machine_threads() -> int:
-    """The CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+def default_threads() -> int:
+    """llama.cpp's thread count: torch's (``--threads`` sets it; by default one per core). On a
+    machine other processes keep busy, fewer threads than cores can be much faster: llama.cpp's
+    threads wait for each other at every operation, spinning, and stall when one is descheduled."""
+    return max(1, torch.get_num_threads())
 
 
 # ----------------------------------------------------------------------------- the tokenizer
@@ -298,7 +297,7 @@ class LlamaCppModel(LoadedModel):
             path=path,
             weights=_FILE_TYPES.get(weights, f"type {weights}"),
             n_ctx=n_ctx,
-            n_threads=n_threads or machine_threads(),
+            n_threads=n_threads or default_threads(),
             n_vocab=n_vocab,
             flash_attn=flash_attn,
             twin_name=twin_name,
@@ -578,7 +577,8 @@ def load_llamacpp(
         )
     want = None if dtype is None or str(dtype).strip().lower() == "auto" else resolve_dtype(dtype, "cpu")
     st = src.path.stat()
-    memo_key = (str(src.path), st.st_size, st.st_mtime_ns, want)
+    threads = default_threads()
+    memo_key = (str(src.path), st.st_size, st.st_mtime_ns, want, threads)
     with _MEMO_LOCK:
         hit = _MEMO.get(memo_key)
         if hit is not None:
@@ -597,6 +597,7 @@ def load_llamacpp(
             name=src.name,
             source=str(run),
             key=f"{sha[:16]}-llamacpp",
+            n_threads=threads,
             twin_name=name,
         )
         file_dtype = _FLOAT_DTYPES.get({v: k for k, v in _FILE_TYPES.items()}.get(loaded.weights, -1))
