@@ -461,3 +461,21 @@ def test_a_word_across_the_switch_is_tokenized_as_one():
     side.sync("the cat")  # the other model went on with "he cat"
     assert side.ids[side.prompt_len :] == tok.encode("the cat")
     assert side.reader.fed == side.prompt_len  # "t" is forgotten, to be read again as "the"
+
+
+def test_cli_lists_the_strategies(capsys):
+    code, out, _ = run(capsys, "methods", "--strategies")
+    assert code == 0
+    assert {line.split()[0] for line in out.splitlines()} == {s.name for s in list_strategies()}
+
+
+def test_cli_entropy_adaptive_reports_the_large_share(capsys, tiny_folder):
+    base = ["generate", "--model", str(tiny_folder), "--raw", "--max-new-tokens", "6", "t3 t4 t5"]
+    code, plain, _ = run(capsys, *base)
+    code, out, err = run(capsys, *base, "--strategy", "entropy-adaptive", "--draft", str(tiny_folder),
+                         "--entropy-threshold", "0")  # fmt: skip
+    assert code == 0 and out == plain  # the large model writes every token: its own greedy text
+    import re
+
+    m = re.search(r"(\d+)/(\d+) tokens from the large model", err)
+    assert m and m.group(1) == m.group(2) != "0"
