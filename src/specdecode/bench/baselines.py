@@ -100,7 +100,9 @@ class HFBaseline:
         pad = getattr(tok, "pad_token_id", None)
         self.pad = int(pad) if pad is not None else eos[0]
 
-    def generate_ids(self, prompt_ids: list[int], *, max_new_tokens: int, sampling) -> RunOutput:
+    def generate_ids(
+        self, prompt_ids: list[int], *, max_new_tokens: int, sampling, constraint=None
+    ) -> RunOutput:
         model = self.loaded.model
         device = self.loaded.device
         input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
@@ -120,6 +122,13 @@ class HFBaseline:
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
         kwargs.update(self.extra)
+        if constraint is not None:  # a prompt's schema: its mask at every step (llguidance)
+            from transformers import LogitsProcessorList
+
+            from specdecode.constraints.hf import GrammarLogitsProcessor
+
+            processor = GrammarLogitsProcessor(constraint, self.loaded.eos_token_ids)
+            kwargs["logits_processor"] = LogitsProcessorList([processor])
         if self.draft is not None:
             kwargs["assistant_model"] = self.draft.model
             if different_vocab(self.loaded, self.draft):

@@ -45,6 +45,7 @@ class Prompt:
     category: str
     text: str
     turns: tuple[str, ...] = ()
+    schema: str | None = None  # a JSON schema (JSON text) the answer must follow: constrained generation
 
     def user_turns(self, limit: int | None = None) -> list[str]:
         """The user turns to run, at most ``limit`` of them (None: all), the first always."""
@@ -62,7 +63,8 @@ def read_jsonl(path: str | Path, *, default_category: str = DEFAULT_CATEGORY) ->
 
     Each non-blank line is a JSON object with ``prompt`` (a string) or ``turns`` (a list of
     strings: the user turns of a conversation; the first is the prompt, and ``bench --turns``
-    runs the others as follow-ups), and optionally ``category`` and ``id`` / ``question_id``.
+    runs the others as follow-ups), and optionally ``category``, ``id`` / ``question_id`` and
+    ``schema`` (a JSON schema the answer must follow: every method generates under it).
     Prompts without an id get their 1-based line number. Raises SpecDecodeError naming the
     file and line for anything malformed (lone surrogates such as ``"\\ud800"`` included), and
     for a file with no prompts.
@@ -109,7 +111,13 @@ def read_jsonl(path: str | Path, *, default_category: str = DEFAULT_CATEGORY) ->
             raise SpecDecodeError(f"{where}: 'category' must be a non-empty string")
         for name, value in (("id", pid), ("category", category)):
             _check_unicode(value, where, name)
-        prompts.append(Prompt(id=pid, category=category.strip(), text=text, turns=turns))
+        schema = obj.get("schema")
+        if schema is not None and not isinstance(schema, (dict, bool)):
+            raise SpecDecodeError(
+                f"{where}: 'schema' must be a JSON schema (an object), got {type(schema).__name__}"
+            )
+        schema = json.dumps(schema) if schema is not None else None
+        prompts.append(Prompt(id=pid, category=category.strip(), text=text, turns=turns, schema=schema))
     if not prompts:
         raise SpecDecodeError(f"prompt file {path} holds no prompts")
     return prompts

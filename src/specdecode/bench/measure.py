@@ -82,8 +82,12 @@ class EngineRunner:
         self.name = name
         self.decoder = build_decoder(name, target, draft=draft, options=options)
 
-    def generate_ids(self, prompt_ids: list[int], *, max_new_tokens: int, sampling) -> RunOutput:
-        r = self.decoder.generate_ids(prompt_ids, max_new_tokens=max_new_tokens, sampling=sampling)
+    def generate_ids(
+        self, prompt_ids: list[int], *, max_new_tokens: int, sampling, constraint=None
+    ) -> RunOutput:
+        r = self.decoder.generate_ids(
+            prompt_ids, max_new_tokens=max_new_tokens, sampling=sampling, constraint=constraint
+        )
         self.last_ran = r.method_ran if r.method_ran != self.name else None  # auto's choice
         return RunOutput(list(r.token_ids), list(r.accepted_lengths), r.finish_reason, dict(r.phase_seconds))
 
@@ -100,12 +104,13 @@ def build_runner(name: str, target, *, draft=None, options: dict | None = None):
     return EngineRunner(name, target, draft=use_draft, options=options)
 
 
-def timed_run(runner, prompt_ids, *, max_new_tokens, sampling, device, memory: MemoryMeter):
-    """Run once; return (output, seconds, peak MB)."""
+def timed_run(runner, prompt_ids, *, max_new_tokens, sampling, device, memory: MemoryMeter, constraint=None):
+    """Run once (under ``constraint``, a prompt's schema, when given); return (output, seconds, peak MB)."""
     synchronize(device)
     memory.reset()
+    extra = {"constraint": constraint} if constraint is not None else {}
     start = time.perf_counter()
-    out = runner.generate_ids(prompt_ids, max_new_tokens=max_new_tokens, sampling=sampling)
+    out = runner.generate_ids(prompt_ids, max_new_tokens=max_new_tokens, sampling=sampling, **extra)
     synchronize(device)
     seconds = time.perf_counter() - start
     return out, seconds, memory.peak_mb()

@@ -172,6 +172,29 @@ def _warm_once(runner, method: str, ids: list[int], max_new_tokens: int, samplin
         raise SpecDecodeError(f"method {method!r} failed during warm-up: {type(e).__name__}: {why}") from e
 
 
+def _constraints(prompts, target, runners) -> dict:
+    """Each prompt's schema compiled for the target (a bad one is an error before any run)."""
+    with_schema = [p for p in prompts if p.schema is not None]
+    if not with_schema:
+        return {}
+    from specdecode.bench.baselines import HFBaseline
+    from specdecode.bench.measure import EngineRunner
+    from specdecode.constraints import compile_constraint
+
+    for m, runner in runners.items():
+        if not isinstance(runner, (EngineRunner, HFBaseline)):
+            raise SpecDecodeError(
+                f"method {m!r} cannot generate under a prompt's 'schema' (constrained generation)"
+            )
+    out = {}
+    for p in with_schema:
+        try:
+            out[p.id] = compile_constraint(target, json_schema=p.schema)
+        except SpecDecodeError as e:
+            raise SpecDecodeError(f"prompt {p.id!r}: {e}") from None
+    return out
+
+
 class _Run:
     """One bench run, checked and loaded: the prompts encoded, a runner per method, the meta.
     It warms up, measures prompt by prompt, and keeps the records."""
@@ -183,6 +206,7 @@ class _Run:
         self.encoded = [(p, target.encode_prompt(p.text, raw=config.raw)) for p in prompts]
         check_prompt_lengths(self.encoded, config.max_new_tokens, target.max_context)
         self.runners = {m: build_runner(m, target, draft=draft, options=options[m]) for m in self.methods}
+        self.constraints = _constraints(prompts, target, self.runners)  # prompts with a schema
         self.greedy = greedy
         self.reference = REFERENCE if REFERENCE in self.methods and greedy else None
         baseline = "hf-ar" if "hf-ar" in self.methods else ("ar" if "ar" in self.methods else None)
@@ -268,7 +292,7 @@ class _Run:
                 ids = inputs[m]
                 out, seconds, peak = timed_run(
                     self.runners[m], ids, max_new_tokens=self.config.max_new_tokens, sampling=sampling,
-                    device=self.device, memory=self.memory,
+                    device=self.device, memory=self.memory, constraint=self.constraints.get(prompt.id),
                 )  # fmt: skip
                 answers[m].append(out.token_ids)
                 done[m] = PromptRecord(
