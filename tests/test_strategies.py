@@ -479,3 +479,15 @@ def test_cli_entropy_adaptive_reports_the_large_share(capsys, tiny_folder):
 
     m = re.search(r"(\d+)/(\d+) tokens from the large model", err)
     assert m and m.group(1) == m.group(2) != "0"
+
+
+def test_cli_extract_from_stdin(capsys, tiny_folder, monkeypatch):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("t30 t31 t32 t33"))
+    code, out, _ = run(capsys, "generate", "--model", str(tiny_folder), "--raw", "--extract-from", "-",
+                       "--max-new-tokens", "3", "t9 t10")  # fmt: skip
+    assert code == 0 and out.strip() and out.strip() in "t30 t31 t32 t33"
+    monkeypatch.setattr("sys.stdin", io.StringIO("t30 t31"))
+    code, _, err = run(capsys, "generate", "--model", str(tiny_folder), "--raw", "--extract-from", "-", "-")
+    assert code == 2 and "cannot both come from stdin" in err
