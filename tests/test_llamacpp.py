@@ -97,7 +97,7 @@ def tiny():
     """The transformers tiny model (peaked distributions: drafts get accepted)."""
     from specdecode.models.testing import tiny_model_for_tests
 
-    return tiny_model_for_tests(vocab_size=VOCAB, seed=3, initializer_range=0.3)
+    return tiny_model_for_tests(vocab_size=VOCAB, seed=3, initializer_range=0.3, max_position_embeddings=1024)
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +236,11 @@ def test_llama_pld_baseline_counts_its_forwards(llama, llama_greedy):
     assert out.accepted_lengths is not None and sum(out.accepted_lengths) == len(out.token_ids) - 1
     with pytest.raises(SpecDecodeError, match="greedy"):
         pld.generate_ids(ids, max_new_tokens=4, sampling=SamplingConfig(temperature=1.0, seed=0))
+    # a prompt longer than one llama.cpp batch (512): prefilled in chunks, by both
+    long = [(i * 7) % 50 + 3 for i in range(600)]
+    want = llama_greedy.generate_ids(long, max_new_tokens=16, sampling=SamplingConfig()).token_ids
+    assert pld.generate_ids(long, max_new_tokens=16, sampling=SamplingConfig()).token_ids == want
+    assert build_decoder("pld", llama).generate_ids(long, max_new_tokens=16).token_ids == want
 
 
 def test_sampling_runs_on_the_backend(llama):

@@ -44,6 +44,9 @@ class LlamaCppBaseline:
                 model_path=str(loaded.path), n_ctx=loaded.n_ctx, n_batch=N_BATCH, n_ubatch=N_BATCH,
                 n_threads=loaded.n_threads, n_threads_batch=loaded.n_threads, n_gpu_layers=0,
                 flash_attn=loaded.flash_attn, draft_model=draft, verbose=False,
+                # with a draft model it keeps every row's logits, but sizes their buffer for
+                # n_ctx rows only when asked here (else n_batch: a longer prompt overflows it)
+                logits_all=draft is not None,
             )  # fmt: skip
         except Exception as e:
             raise SpecDecodeError(f"{name}: llama-cpp-python could not load {loaded.path}: {e}") from None
