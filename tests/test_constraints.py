@@ -318,6 +318,43 @@ def test_bench_prompts_with_a_schema(lm, tmp_path):
         read_jsonl(path)
 
 
+def test_server_response_format(tmp_path, monkeypatch):
+    import openai
+
+    from specdecode.server import Limits, ServerConfig, create_app
+    from specdecode.server.serving import serve_in_thread
+
+    lm = byte_model()
+    lm.tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    monkeypatch.setenv("SPECDECODE_CACHE", str(tmp_path))
+    app = create_app(lm, ServerConfig(method="hybrid", limits=Limits(max_tokens=200, default_max_tokens=120)))
+    messages = [{"role": "user", "content": PROMPT_TEXT}]
+    fmt = {"type": "json_schema", "json_schema": {"name": "thing", "schema": SCHEMA, "strict": True}}
+    with (
+        serve_in_thread(app) as url,
+        openai.OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0) as client,
+    ):
+        r = client.chat.completions.create(
+            model=lm.name, messages=messages, response_format=fmt, temperature=0
+        )
+        jsonschema.validate(json.loads(r.choices[0].message.content), SCHEMA)
+        assert r.choices[0].finish_reason == "stop"
+        parts = list(
+            client.chat.completions.create(
+                model=lm.name, messages=messages, response_format={"type": "json_object"}, stream=True
+            )
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in parts if c.choices)
+        finish = [c.choices[0].finish_reason for c in parts if c.choices][-1]
+        # any JSON object: a random model's string may run to max_tokens; complete ones parse
+        assert text.startswith("{") and (finish == "length" or isinstance(json.loads(text), dict))
+        bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objectx"}}}
+        with pytest.raises(openai.BadRequestError, match="JSON schema is invalid"):
+            client.chat.completions.create(model=lm.name, messages=messages, response_format=bad)
+        with pytest.raises(openai.BadRequestError, match="response_format.type"):
+            client.chat.completions.create(model=lm.name, messages=messages, response_format={"type": "yaml"})
+
+
 # ---- sampling: the locally masked distribution -----------------------------------------------
 @torch.inference_mode()
 def masked_joint(loaded, constraint, prompt, cfg) -> dict:

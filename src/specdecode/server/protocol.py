@@ -2,7 +2,8 @@
 
 Fields are of three kinds. Those that change the text and that this server implements are
 read and checked (``messages``/``prompt``, ``max_tokens``, ``temperature``, ``top_p``,
-``seed``, ``stop``, ``stream``, ``n`` = 1, ``prediction``, and the ``specdecode`` extension
+``seed``, ``stop``, ``stream``, ``n`` = 1, ``prediction``, chat's ``response_format``
+(``json_object``, ``json_schema``: constrained generation), and the ``specdecode`` extension
 object). Those that do not change the text (``user``, ``metadata``...) are accepted and
 ignored. Those that would change it in a way this server does not implement
 (``frequency_penalty``, ``logprobs``, ``tools``...) are accepted only at their neutral value.
@@ -39,7 +40,6 @@ NEUTRAL: dict[str, tuple] = {
     "functions": ([],),
     "tool_choice": ("none", "auto"),
     "function_call": ("none", "auto"),
-    "response_format": ({"type": "text"},),
     "modalities": (["text"],),
     "echo": (False,),
     "best_of": (1,),
@@ -47,7 +47,7 @@ NEUTRAL: dict[str, tuple] = {
 }
 COMMON = {"model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "stream_options"}
 COMMON |= {"n", "prediction", "specdecode"}
-CHAT_FIELDS = COMMON | {"messages", "max_completion_tokens"}
+CHAT_FIELDS = COMMON | {"messages", "max_completion_tokens", "response_format"}
 COMPLETION_FIELDS = COMMON | {"prompt"}
 CHAT_NEUTRAL = set(NEUTRAL) - {"echo", "best_of", "suffix"}
 COMPLETION_NEUTRAL = {"frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "echo"}
@@ -78,6 +78,7 @@ class GenRequest:
     stream: bool = False
     include_usage: bool = False
     prediction: list[int] | None = None
+    constraint: Any = None  # response_format's schema (a specdecode.constraints.Constraint)
 
 
 @dataclass
@@ -284,7 +285,45 @@ def parse_chat(body: dict, served: Served) -> GenRequest:
     _check_model(body, served)
     prompt_ids = chat_prompt(body, served)
     name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    return _request(body, served, prompt_ids, name, "messages")
+    request = _request(body, served, prompt_ids, name, "messages")
+    request.constraint = _response_format(body, served)
+    return request
+
+
+def _response_format(body: dict, served: Served):
+    """OpenAI's ``response_format``: ``text`` (none), ``json_object`` (any JSON object) or
+    ``json_schema`` (``json_schema.schema``), compiled for the model's tokenizer."""
+    fmt = _object(body, "response_format")
+    if not fmt:
+        return None
+    kind = fmt.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        schema = {"type": "object"}
+    elif kind == "json_schema":
+        spec = _object(fmt, "json_schema") if "json_schema" in fmt else None
+        if not spec or "schema" not in spec:
+            raise bad_request(
+                "response_format.json_schema.schema is missing", param="response_format.json_schema"
+            )
+        schema = spec["schema"]
+        if not isinstance(schema, (dict, bool)):
+            raise bad_request(
+                f"response_format.json_schema.schema must be an object, got {_kind(schema)}",
+                param="response_format.json_schema.schema",
+            )
+    else:
+        raise bad_request(
+            'response_format.type must be "text", "json_object" or "json_schema"',
+            param="response_format.type",
+        )
+    from specdecode.constraints import compile_constraint
+
+    try:
+        return compile_constraint(served.loaded, json_schema=schema)
+    except SpecDecodeError as e:
+        raise bad_request(str(e), param="response_format") from None
 
 
 def parse_completion(body: dict, served: Served) -> GenRequest:

@@ -15,7 +15,8 @@ import uuid
 from specdecode.engine import PHASES
 from specdecode.server.scheduler import Tally
 
-FINISH = {"eos": "stop", "stop": "stop", "length": "length"}  # the engine's reasons, OpenAI's words
+# the engine's reasons, OpenAI's words ("constraint": the response_format allowed no further token)
+FINISH = {"eos": "stop", "stop": "stop", "length": "length", "constraint": "stop"}
 
 
 def usage(tally: Tally, method: str) -> dict:

@@ -252,6 +252,7 @@ class Scheduler:
                     stop=request.stop,
                     stats=job.stats,
                     **({"prediction": request.prediction} if request.prediction else {}),
+                    **({"constraint": request.constraint} if request.constraint is not None else {}),
                 )
             piece = next(job.gen, None)
             if first:
