@@ -70,7 +70,11 @@ def test_swift_skipping_an_identity_layer_drafts_exactly():
     the influence ranking finds layer 2."""
     lm = identity_layer(tiny_model_for_tests(vocab_size=64, seed=4, num_hidden_layers=4), 2)
     decoder, trees, results = check_equals_ar(
-        lm, "swift", {"candidates": "0.25", "threshold": 0, "adapt": 0, "max_draft": 4}, prompts=PROMPTS[:2], tokens=41
+        lm,
+        "swift",
+        {"candidates": "0.25", "threshold": 0, "adapt": 0, "max_draft": 4},
+        prompts=PROMPTS[:2],
+        tokens=41,
     )
     search = decoder.drafter.search
     assert [sorted(a) for a in search.arms] == [[2]]
@@ -202,3 +206,13 @@ def test_heads_missing_file_is_one_clear_error(peaky, tmp_path):
         build_decoder("medusa", peaky, options={"heads": str(tmp_path / "none.safetensors")})
     with pytest.raises(SpecDecodeError, match="no trained heads"):
         build_decoder("hydra", peaky)  # nothing at the default location in this test's cache
+
+
+def test_a_draft_vocabulary_restricts_the_drafts(peaky, trained):
+    """``draft_vocab=N``: only the N tokens with the most label mass in the training text are
+    drafted (the ranking is saved with the heads); the output is still ar's."""
+    decoder, trees, _ = check_equals_ar(peaky, "medusa", {"heads": str(trained["medusa"]), "draft_vocab": 5})
+    allowed = set(decoder.drafter.heads.vocab_rank[:5].tolist())
+    assert len(decoder.drafter.heads.vocab_rank) > 5
+    assert {t for tree in trees for t in tree.tokens} <= allowed
+    assert sum(len(t) for t in trees) > 0

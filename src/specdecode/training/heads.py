@@ -51,6 +51,9 @@ class DraftHeads(nn.Module):
         for block in self.blocks:
             nn.init.zeros_(block.weight)
             nn.init.zeros_(block.bias)
+        # Token ids by how much of the target's probability mass they had in the training text,
+        # most first (the drafters may restrict their LM head product to the first N of them).
+        self.vocab_rank: torch.Tensor | None = None  # [n] long
 
     def head(self, k: int, h: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
         """Head ``k`` (0-based: predicts depth ``k + 1``) on ``h`` ``[..., hidden]``; for hydra
@@ -88,6 +91,8 @@ def save_heads(heads: DraftHeads, path: Path, info: dict) -> None:
 
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu().float() for k, v in heads.state_dict().items()}
+    if heads.vocab_rank is not None:
+        tensors["vocab_rank"] = heads.vocab_rank.detach().contiguous().cpu().long()
     meta = {"format": FORMAT, "method": heads.method, "model_key": info["model_key"]}
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -141,6 +146,7 @@ def load_heads(path: Path, loaded, method: str) -> tuple[DraftHeads, dict]:
     except (SafetensorError, OSError, ValueError) as e:
         raise SpecDecodeError(f"{method}: {path} is not a readable safetensors file ({e})") from None
     heads = DraftHeads(method, info["num_heads"], hidden)
+    rank = tensors.pop("vocab_rank", None)
     try:
         heads.load_state_dict(tensors)
     except RuntimeError:
@@ -148,6 +154,11 @@ def load_heads(path: Path, loaded, method: str) -> tuple[DraftHeads, dict]:
             f"{method}: {path} does not hold the weights its description promises"
         ) from None
     heads.to(device=loaded.device, dtype=loaded.dtype).eval()
+    if rank is not None:
+        vocab = int(loaded.model.get_output_embeddings().weight.shape[0])
+        if rank.dim() != 1 or len(rank) == 0 or int(rank.min()) < 0 or int(rank.max()) >= vocab:
+            raise SpecDecodeError(f"{method}: {path} ranks token ids outside this model's vocabulary")
+        heads.vocab_rank = rank.to(loaded.device)
     return heads, info
 
 

@@ -171,6 +171,16 @@ def positions(data: dict[str, torch.Tensor], num_heads: int, sequences: range) -
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
+def vocab_ranking(data, idx: torch.Tensor) -> torch.Tensor:
+    """Token ids by their summed label probability over the rows of positions ``idx`` and the
+    rows after them (what the heads are asked to predict), most first; ids never seen left out."""
+    rows = torch.unique(torch.cat([idx + 1, idx + 2]).clamp(max=len(data["tokens"]) - 1))
+    mass = torch.zeros(int(data["label_ids"].max()) + 1, dtype=torch.float64, device=rows.device)
+    mass.index_add_(0, data["label_ids"][rows].flatten(), data["label_probs"][rows].flatten().double())
+    order = torch.argsort(mass, descending=True, stable=True)
+    return order[: int((mass > 0).sum())].cpu()
+
+
 def head_outputs(heads: DraftHeads, embed, data, idx: torch.Tensor) -> list[torch.Tensor]:
     """The heads' outputs ``[len(idx), hidden]`` each at positions ``idx`` (hydra teacher-forced)."""
     h = data["hidden"][idx]  # [B, hidden]
@@ -311,6 +321,7 @@ def train_heads(
     bar.close()
     train_seconds = time.perf_counter() - train_started
     heads.eval()
+    heads.vocab_rank = vocab_ranking(data, torch.cat([train_pos, eval_pos]))
     tail = losses[-min(20, len(losses)) :]
     check_idx = eval_pos[:16] if len(eval_pos) else train_pos[:16]
     with torch.no_grad():
