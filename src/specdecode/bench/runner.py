@@ -208,7 +208,9 @@ class _Run:
         self.runners = {m: build_runner(m, target, draft=draft, options=options[m]) for m in self.methods}
         self.constraints = _constraints(prompts, target, self.runners)  # prompts with a schema
         self.greedy = greedy
-        self.reference = REFERENCE if REFERENCE in self.methods and greedy else None
+        # the output to reproduce: ar's, or, on the llama.cpp backend without ar, llama.cpp's own
+        reference = next((m for m in (REFERENCE, "llama-ar") if m in self.methods), None)
+        self.reference = reference if greedy else None
         baseline = "hf-ar" if "hf-ar" in self.methods else ("ar" if "ar" in self.methods else None)
         self.tolerance = (
             config.tie_tolerance
