@@ -33,7 +33,7 @@ import torch
 from specdecode.drafters.base import CandidateDrafter, Candidates, Drafter, StepOutcome
 from specdecode.sampling import SamplingConfig, target_probs
 from specdecode.tree import DraftTree
-from specdecode.verify import Verdict, verify
+from specdecode.verify import MultiDraft, Verdict, verify
 
 MAX_FORCED = 32  # forced tokens appended below one node (a long enum literal is still few tokens)
 
@@ -130,13 +130,15 @@ class Guide:
         """The tree to score: ``own``'s ``kept`` nodes, then the forced runs (jump-forward);
         in eager mode also every row's mask, and draft rows renormalized to the allowed tokens.
         Returns the tree and, for each of its first nodes, the ``own`` node it is."""
-        if own.draft_probs is not None and kept and not self.sampling.greedy and len(kept) < len(own):
-            if not own.is_chain:
-                # Sampled siblings thinned by the grammar are no longer a sample from q: keep
-                # the first child at each level (one draw each), a chain whose rows renormalize
-                # to the allowed tokens exactly.
-                first = set(_first_chain(own.parents))
-                kept = [o for o in kept if o in first]
+        sampled = own.draft_probs is not None and not self.sampling.greedy
+        if sampled and kept and not own.is_chain and (len(kept) < len(own) or own.without_replacement):
+            # Sampled siblings thinned by the grammar (or drawn without replacement, whose
+            # survivors would not be such a draw from the allowed tokens) are no longer a sample
+            # from q: keep the first child at each level (one draw each), a chain whose rows
+            # renormalize to the allowed tokens exactly.
+            first = set(_first_chain(own.parents))
+            kept = [o for o in kept if o in first]
+        multi = isinstance(own, MultiDraft) and len(kept) == len(own)  # SpecTr's draws, all allowed
         index = {o: i for i, o in enumerate(kept)}
         tokens = [own.tokens[o] for o in kept]
         parents = [index[own.parents[o]] if own.parents[o] >= 0 else -1 for o in kept]
@@ -146,7 +148,7 @@ class Guide:
         masks: list[torch.Tensor | None] = [None] * (n_own + 1)
         if not (eager or self.jump_forward):
             self._masks = None
-            self._shaped = DraftTree(tokens, parents, probs)
+            self._shaped = _tree(tokens, parents, probs, own if multi else None)
             return self._shaped, kept
         kids: list[list[int]] = [[] for _ in range(n_own + 1)]
         for i, p in enumerate(parents):
@@ -172,7 +174,7 @@ class Guide:
         # Forced runs below the root and below the end of the drafter's first path (its best
         # guess: candidates come best first), not below every leaf: each forced node is scored.
         grafts: list[tuple[int, list[int]]] = []  # (node, forced tokens below it)
-        if self.jump_forward:
+        if self.jump_forward and not multi:  # (a multi-draft's counts have no room for forced nodes)
             chain = _first_chain(parents)
             for node, path in ((-1, []), (chain[-1] if chain else None, chain)):
                 if node is None or (path and tokens[path[-1]] in self.eos):
@@ -201,7 +203,7 @@ class Guide:
             extra[torch.arange(len(tokens) - n_own), torch.tensor(tokens[n_own:])] = 1.0
             probs = torch.cat([probs, extra])
         self._masks = masks if eager else None
-        self._shaped = DraftTree(tokens, parents, probs)
+        self._shaped = _tree(tokens, parents, probs, own if multi else None)
         return self._shaped, kept
 
     def _graft(self, tokens, parents, kids, node, forced, masks) -> int:
@@ -412,6 +414,12 @@ def _filter(c: Candidates, keep: list[int]) -> Candidates:
         [c.tags[o] for o in keep],
         c.cost_per_node,
     )
+
+
+def _tree(tokens, parents, probs, multi: MultiDraft | None) -> DraftTree:
+    if multi is not None:
+        return MultiDraft(tokens, parents, probs, counts=multi.counts)
+    return DraftTree(tokens, parents, probs)
 
 
 def _first_chain(parents: list[int]) -> list[int]:
