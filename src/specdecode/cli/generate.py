@@ -85,6 +85,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     from specdecode.backends import add_backend_argument
 
     add_backend_argument(p)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch and llama.cpp (default: one per core)",
+    )
     p.add_argument("--raw", action="store_true", help="send the prompt as it is, without the chat template")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     from specdecode.strategies.cli import HELP, add_arguments
@@ -201,6 +207,9 @@ def run(args) -> int:
         args.prompt = read_stdin_prompt()
     args.stop = [unescape(s) for s in args.stop]
     _check(args)
+    from specdecode.cli.common import set_threads
+
+    set_threads(args.threads)
     from specdecode.strategies import cli as strategies_cli
 
     if strategies_cli.wanted(args):
