@@ -164,10 +164,10 @@ HEAD_PROMPTS = [[(7 * i + j) % 60 + 2 for j in range(6)] for i in range(12)]
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, peaky):
-    """medusa and hydra heads for ``peaky`` trained for a few steps: method -> file."""
+    """medusa, hydra and clover heads for ``peaky`` trained for a few steps: method -> file."""
     folder = tmp_path_factory.mktemp("heads")
     paths = {}
-    for method in ("medusa", "hydra"):
+    for method in ("medusa", "hydra", "clover"):
         settings = TrainSettings(method, num_heads=3, steps=40, batch=32, lr=1e-2, max_new_tokens=40)
         paths[method] = train_heads(
             peaky, settings, folder / f"{method}.safetensors", prompts=HEAD_PROMPTS, progress=False
@@ -175,7 +175,7 @@ def trained(tmp_path_factory, peaky):
     return paths
 
 
-@pytest.mark.parametrize("method", ["medusa", "hydra"])
+@pytest.mark.parametrize("method", ["medusa", "hydra", "clover"])
 @pytest.mark.parametrize("budget", [0, 6])
 def test_heads_greedy_equal_ar(peaky, trained, method, budget):
     options = {"heads": str(trained[method]), "budget": budget}
@@ -186,7 +186,7 @@ def test_heads_greedy_equal_ar(peaky, trained, method, budget):
         assert max(len(t) for t in trees) == budget
 
 
-@pytest.mark.parametrize("method", ["medusa", "hydra"])
+@pytest.mark.parametrize("method", ["medusa", "hydra", "clover"])
 def test_heads_sampling_is_lossless(tmp_path, method):
     lm = tiny_model_for_tests(vocab_size=8, seed=1, eos_token_id=None, initializer_range=0.3)
     settings = TrainSettings(method, num_heads=2, steps=30, batch=32, lr=1e-2, max_new_tokens=30)

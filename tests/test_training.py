@@ -31,7 +31,7 @@ def settings(method, **kw):
     return TrainSettings(method, **(base | kw))
 
 
-@pytest.mark.parametrize("method", ["medusa", "hydra"])
+@pytest.mark.parametrize("method", ["medusa", "hydra", "clover"])
 def test_loss_falls_and_loaded_heads_reproduce_saved_predictions(lm, tmp_path, method):
     result = train_heads(lm, settings(method), tmp_path / "h.safetensors", prompts=PROMPTS, progress=False)
     info = json.loads((tmp_path / "h.json").read_text())
@@ -93,7 +93,7 @@ def test_heads_for_another_model_or_method_are_refused(lm, tmp_path):
 
 def test_train_command_refuses_bad_input(tmp_path, capsys):
     assert main(["train", "swift"]) == 2
-    assert "trainable methods are medusa, hydra" in capsys.readouterr().err
+    assert "trainable methods are medusa, hydra, clover" in capsys.readouterr().err
     assert main(["train", "medusa", "--steps", "0"]) == 2
     assert "steps must be >= 1" in capsys.readouterr().err
     empty = tmp_path / "prompts.txt"

@@ -1,4 +1,4 @@
-"""``specdecode train METHOD``: train draft heads (medusa, hydra) for a target model."""
+"""``specdecode train METHOD``: train draft heads (medusa, hydra, clover) for a target model."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 from specdecode.cli.common import add_device_arguments, set_threads
 
 DESCRIPTION = """\
-Train the small modules a self-drafting method needs on top of the target model: Medusa or
-Hydra draft heads on its last hidden state. The target writes its own training text (self-
+Train the small modules a self-drafting method needs on top of the target model: Medusa,
+Hydra or Clover draft heads on its last hidden state. The target writes its own training text (self-
 distillation): it answers prompts with greedy decoding (by default ~60 everyday instructions
 built into specdecode, not the benchmark's prompts; --data gives your own, one per line), and
 at every position of its answers its own next-token distribution is the label. So the heads
@@ -40,12 +40,12 @@ examples:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train",
-        help="train draft heads (medusa, hydra) for a model by self-distillation",
+        help="train draft heads (medusa, hydra, clover) for a model by self-distillation",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("method", help="what to train: medusa or hydra")
+    p.add_argument("method", help="what to train: medusa, hydra or clover")
     p.add_argument("--model", default=None, help="target model (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument(
         "--data",

@@ -1,4 +1,4 @@
-"""``medusa`` and ``hydra``: trained draft heads on the target's last hidden state propose a
+"""``medusa``, ``hydra`` and ``clover``: trained draft heads on the target's last hidden state propose a
 token tree (the heads: :mod:`specdecode.training.heads`; training: ``specdecode train``).
 
 Each step the drafter reads, through the target's read-only
@@ -11,6 +11,8 @@ gave the root (the target's forward computed it anyway), and grows a tree below 
 - ``hydra``: head ``d`` also sees the embeddings of the root and of the tokens on the path
   above, so the tree grows level by level: the ``width`` likeliest nodes of a level are
   expanded together (one batched head + LM head product per level).
+- ``clover`` (simplified Clover): the heads are chained, head ``d`` seeing head ``d - 1``'s state
+  and the token drafted at its parent (a regressive connection); grown level by level as hydra.
 
 A head's probability for its token is calibrated into an acceptance estimate per depth and
 probability bin from what the target accepted (:class:`AcceptanceRates`); the latency-curve
@@ -226,3 +228,60 @@ class Hydra(HeadDrafter):
                 emb = self.embed(torch.tensor([toks[node]], device=h.device))  # [1, hidden]
                 level.append((node, e, torch.cat([path_emb, emb])))
         return self._finish(toks, parents, est, tags, start)
+
+
+@register(
+    "clover",
+    "Clover (simplified): trained heads chained by a regressive connection, each seeing the "
+    "previous head's state and the token drafted above it; a token tree grown level by level "
+    "(train with `specdecode train clover`)",
+)
+class Clover(HeadDrafter):
+    method = "clover"
+
+    def __init__(
+        self,
+        ctx,
+        heads: HeadsPath = "",
+        top_k: Annotated[int, "children taken from each expanded node's head", at_least(1)] = 4,
+        width: Annotated[int, "nodes expanded per level (one batched head product each)", at_least(1)] = 2,
+        budget: Budget = 0,
+        max_nodes: MaxNodes = 48,
+        draft_vocab: DraftVocab = 8192,
+    ) -> None:
+        super().__init__(ctx, heads, top_k, budget, max_nodes, draft_vocab)
+        self.width = width
+
+    def candidates(self, tokens: list[int], max_depth: int) -> Candidates:
+        depth_limit = min(self.heads.num_heads, max_depth)
+        h = self.reader.hidden  # [hidden]
+        rates = self.rates.rates
+        toks: list[int] = []
+        parents: list[int] = []
+        est: list[float] = []
+        tags: list[int] = []
+        # the level being expanded: (node, estimate, the state above it, its token's embedding)
+        root = self.embed(torch.tensor([tokens[-1]], device=h.device))[0]  # [hidden]
+        level = [(-1, 1.0, h, root)]
+        for depth in range(1, depth_limit + 1):
+            states = self.heads.step(
+                depth - 1, torch.stack([s for _, _, s, _ in level]), torch.stack([e for _, _, _, e in level])
+            )  # [w, hidden]
+            top_p, top_ids = self._top(states, self.top_k)  # [w][top_k]
+            children = []
+            for (node, base, _, _), state, ps, ids in zip(level, states, top_p, top_ids, strict=True):
+                for p, t in zip(ps, ids, strict=True):
+                    bucket = self._bucket(depth, p)
+                    e = base * rates[bucket]
+                    toks.append(t)
+                    parents.append(node)
+                    est.append(e)
+                    tags.append(bucket)
+                    children.append((len(toks) - 1, e, state))
+            if depth == depth_limit or len(toks) >= self.max_nodes:
+                break
+            children.sort(key=lambda c: -c[1])
+            chosen = children[: self.width]
+            embs = self.embed(torch.tensor([toks[n] for n, _, _ in chosen], device=h.device))  # [w, hidden]
+            level = [(n, e, s, emb) for (n, e, s), emb in zip(chosen, embs, strict=True)]
+        return self._finish(toks, parents, est, tags, 0.0)

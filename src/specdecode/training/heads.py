@@ -10,6 +10,11 @@ draft. Head ``k`` (``k = 1 .. K``) predicts ``x_{t+1+k}``, the draft token at de
 - **Hydra** (Ankner et al. 2024): head ``k`` also sees the tokens before the one it predicts:
   its block's input is ``[h_t; e(x_{t+1}); ...; e(x_{t+k})]`` with ``e`` the target's (frozen)
   input embedding, so each head knows what was drafted before it (sequentially dependent).
+- **Clover** (Xiao et al. 2024), simplified: a *regressive connection* carries sequential
+  knowledge from head to head: ``s_0 = h_t``, ``s_{k+1} = s_k + SiLU(W_k [s_k; e(x_{t+1+k})])``,
+  head ``k``'s output is ``s_{k+1}``. Each head sees the previous head's state and the token
+  drafted at its parent, a fixed-width input however deep the tree (the paper's attention-based
+  connection and augmenting block are replaced by this one recurrent step).
 
 The output layer of every block starts at zero, so an untrained head predicts what the LM head
 says after ``h_t``: the root's distribution. Files: the heads' weights as safetensors plus a
@@ -27,7 +32,7 @@ from torch import nn
 from specdecode.errors import SpecDecodeError
 from specdecode.files import atomic_file, write_atomic
 
-METHODS = ("medusa", "hydra")
+METHODS = ("medusa", "hydra", "clover")
 FORMAT = "specdecode-draft-heads"
 FORMAT_VERSION = 1
 
@@ -46,7 +51,8 @@ class DraftHeads(nn.Module):
         self.method = method
         self.num_heads = num_heads
         self.hidden = hidden
-        widths = [hidden * (k + 2 if method == "hydra" else 1) for k in range(num_heads)]
+        per_head = {"medusa": lambda k: 1, "hydra": lambda k: k + 2, "clover": lambda k: 2}[method]
+        widths = [hidden * per_head(k) for k in range(num_heads)]
         self.blocks = nn.ModuleList(nn.Linear(w, hidden) for w in widths)
         for block in self.blocks:
             nn.init.zeros_(block.weight)
@@ -64,9 +70,20 @@ class DraftHeads(nn.Module):
             x = torch.cat([h, prev.flatten(-2)], dim=-1)  # [..., (k + 2) * hidden]
         return h + nn.functional.silu(self.blocks[k](x))
 
+    def step(self, k: int, state: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Clover's head ``k``: the next state ``[..., hidden]`` from the previous head's state
+        (``h_t`` for head 0) and the embedding ``[..., hidden]`` of the token at its parent."""
+        return state + nn.functional.silu(self.blocks[k](torch.cat([state, emb], dim=-1)))
+
     def forward(self, h: torch.Tensor, prev: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """Every head on ``h`` ``[..., hidden]`` (hydra: ``prev`` ``[..., K, hidden]``, the root
-        and the tokens after it, teacher-forced in training)."""
+        """Every head on ``h`` ``[..., hidden]`` (hydra, clover: ``prev`` ``[..., K, hidden]``,
+        the root and the tokens after it, teacher-forced in training)."""
+        if self.method == "clover":
+            outs, state = [], h
+            for k in range(self.num_heads):
+                state = self.step(k, state, prev[..., k, :])
+                outs.append(state)
+            return outs
         return [
             self.head(k, h, None if prev is None else prev[..., : k + 1, :]) for k in range(self.num_heads)
         ]

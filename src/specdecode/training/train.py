@@ -6,7 +6,7 @@ greedy decoding; one plain forward over each prompt + answer gives, at every pos
 hidden state ``h_t`` and the target's next-token distribution, kept as its ``top_labels`` most
 likely tokens (renormalized: they hold nearly all the mass, and the full distributions would
 take gigabytes). Head ``k`` (0-based) on ``h_t`` learns the distribution at row ``t + 1 + k``,
-the target's distribution of ``x_{t+2+k}``; hydra's head ``k`` also gets the embeddings of
+the target's distribution of ``x_{t+2+k}``; hydra's and clover's head ``k`` also get the embeddings of
 ``x_{t+1} .. x_{t+1+k}`` (the answer's own tokens: teacher forcing). Positions run over the
 answers only (the target's own text).
 
@@ -185,7 +185,7 @@ def head_outputs(heads: DraftHeads, embed, data, idx: torch.Tensor) -> list[torc
     """The heads' outputs ``[len(idx), hidden]`` each at positions ``idx`` (hydra teacher-forced)."""
     h = data["hidden"][idx]  # [B, hidden]
     prev = None
-    if heads.method == "hydra":
+    if heads.method in ("hydra", "clover"):
         rows = idx[:, None] + 1 + torch.arange(heads.num_heads)  # [B, K]: x_{t+1} .. x_{t+K}
         prev = embed(data["tokens"][rows]).float()  # [B, K, hidden]
     return heads(h, prev)
