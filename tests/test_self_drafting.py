@@ -83,6 +83,20 @@ def test_swift_skipping_an_identity_layer_drafts_exactly():
         assert r.accepted_lengths[:-1] == [5] * (len(r.accepted_lengths) - 1)
 
 
+def test_swift_specdec_stop_head_is_lossless_and_learns_acceptance(four_layers):
+    check_equals_ar(four_layers, "swift", {"skip": "1", "stop_head": "online", "stop_threshold": 0.9})
+    # every draft of a skipped identity layer is accepted: the predictor learns to trust them
+    lm = identity_layer(tiny_model_for_tests(vocab_size=64, seed=4, num_hidden_layers=4), 2)
+    decoder, trees, results = check_equals_ar(
+        lm, "swift", {"skip": "2", "stop_head": "online", "stop_threshold": 0.9}, prompts=PROMPTS[:2]
+    )
+    head = decoder.drafter.head
+    q = torch.full((64,), 0.5 / 63)
+    q[0] = 0.5  # a draft token of confidence 0.5 at depth 1: the untrained head says 0.5
+    assert head.prob(head.features(q, 1)) > 0.6
+    assert max(len(t) for t in trees) >= 2 and all(r.mean_accepted > 1.5 for r in results)
+
+
 def test_swift_search_keeps_the_fastest_candidate(four_layers):
     decoder = build_decoder("swift", four_layers, options={"candidates": "0,0.25,0.5", "trial_steps": 3})
     search = decoder.drafter.search
