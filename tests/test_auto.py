@@ -152,3 +152,18 @@ def test_the_benchmark_says_what_auto_ran(peaky, tmp_path):
     assert data["summary"]["auto"]["identical_to_ar"] == 4
     assert [p["results"]["auto"]["method_ran"] for p in data["prompts"]] == ran
     assert "| auto (" in (tmp_path / "r.md").read_text()
+
+
+def test_a_candidate_that_reads_the_target_gets_the_reader(peaky):
+    # swift drafts with the target's own layers: auto asks the engine for what it reads and
+    # hands the reader on when swift is chosen
+    ref = reference(peaky)
+    dec = build_decoder("auto", peaky, options={"methods": "swift,pld", "first": "swift"})
+    assert dec.drafter.reads_target == frozenset({"kv"})
+    ran = []
+    for p in PROMPTS:
+        r = dec.generate_ids(p, max_new_tokens=N)
+        assert r.token_ids == ref[tuple(p)]
+        ran.append(r.method_ran)
+    assert ran[:2] == ["swift", "pld"]
+    assert dec.drafter.drafters["swift"].reader is not None  # the reader of its last request

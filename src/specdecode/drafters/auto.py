@@ -155,6 +155,10 @@ class Auto(Drafter):
         # the method's own drafter, concurrent ones a fork of it (as the engine does).
         self.idle: dict[str, list[Drafter]] = {m: [d] for m, d in self.drafters.items()}
         self.curve = policy_for(ctx.target).curve
+        # What any candidate reads of the target's forwards: the engine attaches a reader for
+        # all of it before begin(), which hands it on to the chosen method if that one reads.
+        self.reads_target = frozenset().union(*(d.reads_target for d in self.drafters.values()))
+        self._reader = None
 
     @property
     def last_ran(self) -> str | None:
@@ -162,12 +166,17 @@ class Auto(Drafter):
         return self.chooser.last_ran
 
     # ---- per generation ------------------------------------------------------------------
+    def attach(self, reader) -> None:
+        self._reader = reader  # per generation: assigned, never shared with a fork's
+
     def begin(self, prompt_ids, sampling) -> None:
         self.work = workload(prompt_ids)
         self.method_ran = self.chooser.choose(self.work)
         self.chooser.last_ran = self.method_ran
         idle = self.idle[self.method_ran]
         self.active = idle.pop() if idle else self.drafters[self.method_ran].fork()
+        if self.active.reads_target:
+            self.active.attach(self._reader)
         start = time.perf_counter()
         self.active.begin(prompt_ids, sampling)
         # the method's own start-up (indexing the prompt, say) counts against it
