@@ -212,3 +212,30 @@ def test_a_conversation_longer_than_the_context_is_one_clear_error(tmp_path):
                       calibration="off")  # fmt: skip
     with pytest.raises(SpecDecodeError, match="prompt p, turn 2: .* exceed the model's context of 40"):
         run_bench(cfg, target=lm, prompts=prompts, log=lambda m: None)
+
+
+def test_bench_command_with_turns_all_raw(tiny_llama, tmp_path, monkeypatch, capsys):
+    import argparse
+
+    import specdecode.models.loader as loader
+    from specdecode.cli import bench
+
+    monkeypatch.setattr(loader, "load_model", lambda *a, **kw: tiny_llama)
+    prompts = tmp_path / "p.jsonl"
+    lines = [{"turns": ["t10 t11 t12", "t13 t14", "t15"], "id": "a"}, {"prompt": "t20 t21", "id": "b"}]
+    prompts.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    parser = argparse.ArgumentParser(prog="specdecode")
+    bench.add_parser(parser.add_subparsers(dest="command"))
+    out = tmp_path / "r.json"
+    argv = ["bench", "--methods", "ar,hf-ar,pld", "--prompts", str(prompts), "--max-new-tokens", "5"]
+    argv += ["--warmup", "0", "--raw", "--turns", "all", "--out", str(out), "--no-plots", "--no-progress"]
+    assert bench.run(parser.parse_args(argv)) == 0
+    data = json.loads(out.read_text())
+    assert {k: v["ar"]["prompts"] for k, v in data["turns"].items()} == {"1": 2, "2": 1, "3": 1}
+    a = next(p for p in data["prompts"] if p["id"] == "a")
+    first = tiny_llama.encode_prompt("t10 t11 t12", raw=True)
+    for m in ("ar", "hf-ar", "pld"):  # raw: the earlier turns and this method's answers, as ids
+        answers = [a["turns"][k][m]["token_ids"] for k in ("1", "2")]
+        want = encode_turn(tiny_llama, ["t10 t11 t12", "t13 t14", "t15"], answers, first, raw=True)
+        assert a["turns"]["3"][m]["prompt_tokens"] == len(want)
+    assert "hf-ar" in capsys.readouterr().out
