@@ -441,6 +441,11 @@ def test_bench_runs_strategies_beside_ar(peaky):
     for m in ("diverse-beam", "superposed", "exact-extract"):
         assert result["summary"][m]["prompts"] == 2
         assert result["summary"][m]["identical_to_ar"] is not None  # compared with ar
+    from specdecode.bench.report import markdown_report
+
+    assert result["summary"]["exact-extract"]["differs_from_ar"] > 0
+    md = markdown_report(result)
+    assert "| exact-extract | p" in md and "lossy by design" in md and "REAL ERROR" not in md
     # they do not sample: refused before anything runs
     with pytest.raises(SpecDecodeError, match="decode greedily"):
         run_bench(

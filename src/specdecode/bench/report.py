@@ -16,13 +16,22 @@ def _fmt(x, spec: str = ".2f", none: str = "-") -> str:
     return str(x)
 
 
-def _identity_cell(s: dict) -> str:
+def _lossy(method: str) -> bool:
+    """A strategy (specdecode.strategies): its output differs from ar's by design."""
+    from specdecode.strategies import is_strategy
+
+    return is_strategy(method)
+
+
+def _identity_cell(s: dict, method: str = "") -> str:
     ident = s.get("identical_to_ar")
     if ident is None:
         return "-"
     cell = f"{ident}/{s.get('prompts', '?')}"
     differs = s.get("differs_from_ar") or 0
-    if differs:
+    if differs and _lossy(method):
+        cell += " (lossy by design)"
+    elif differs:
         ties = s.get("near_ties") or 0
         errors = s.get("real_errors", differs - ties)
         cell += f" ({ties} near-tie, {errors} real)"
@@ -100,7 +109,7 @@ def _overall_table(summary: dict, base: str, ref: str) -> list[str]:
         out.append(
             f"| {name} | {_fmt(s.get('tokens_per_second'), '.1f')} | {_fmt(s.get('speedup'), '.2f')}"
             f"{'x' if s.get('speedup') is not None else ''} | {_fmt(s.get('mean_accepted'), '.2f')} "
-            f"| {_identity_cell(s)} | {_fmt(s.get('peak_memory_mb'), '.0f')} | {s.get('prompts', '-')} |"
+            f"| {_identity_cell(s, m)} | {_fmt(s.get('peak_memory_mb'), '.0f')} | {s.get('prompts', '-')} |"
         )
     return [*out, ""]
 
@@ -148,7 +157,7 @@ def _differences_table(result: dict, meta: dict) -> list[str]:
             verdict += ", a near-tie)" if r.get("near_tie") else ")"
         else:
             margin = _fmt(r.get("tie_gap"), ".3g")
-            verdict = "near-tie" if r.get("near_tie") else "REAL ERROR"
+            verdict = "near-tie" if r.get("near_tie") else ("lossy by design" if _lossy(m) else "REAL ERROR")
         turn = f" {k} |" if has_turns else ""
         out.append(f"| {m} | {pid} |{turn} {_fmt(r.get('first_difference'))} | {margin} | {verdict} |")
     return [*out, ""]
