@@ -15,9 +15,17 @@ HERE = Path(__file__).parent
 RUNS = [  # (label, file, the file whose ar output it is compared with)
     ("residual, seed 0", "residual.json", "residual.json"),
     ("gumbel, seed 0", "gumbel.json", "gumbel.json"),
-    ("gumbel, seed 0, coupled drafts", "gumbel-coupled-drafts.json", "gumbel.json"),
+    # the earlier measurement: coupled_drafts.py's monkeypatch, before draft-model drew so itself
+    ("gumbel, seed 0, coupled drafts (patch)", "gumbel-coupled-drafts.json", "gumbel.json"),
     ("residual, seed 1000", "residual-seed1000.json", "residual-seed1000.json"),
     ("gumbel, seed 1000", "gumbel-seed1000.json", "gumbel-seed1000.json"),
+    # draft-model drawing its drafts with the verifier's noise, as the library does now
+    ("gumbel, seed 0, draft-model coupled", "gumbel-drafter.json", "gumbel-drafter.json"),
+    (
+        "gumbel, seed 1000, draft-model coupled",
+        "gumbel-drafter-seed1000.json",
+        "gumbel-drafter-seed1000.json",
+    ),
 ]
 
 
