@@ -210,8 +210,9 @@ def test_heads_sampling_is_lossless(tmp_path, method):
     trees = spy(decoder)
     prompt = [3, 5, 3, 5, 3]
     cfg = SamplingConfig(temperature=1.0)
-    counts = sample_joint(decoder, prompt, cfg, 2000)
-    assert sum(len(t) for t in trees) > 2000 and any(not t.is_chain for t in trees if len(t))
+    # deterministic drafts (the verifier's one-hot case, tested at length in test_verify): fewer samples
+    counts = sample_joint(decoder, prompt, cfg, 1000)
+    assert sum(len(t) for t in trees) > 1000 and any(not t.is_chain for t in trees if len(t))
     assert chi_square_pvalue(counts, exact_joint(lm, prompt, cfg)) > 1e-3
 
 
