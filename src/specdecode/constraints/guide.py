@@ -349,7 +349,7 @@ class GuidedDrafter(Drafter):
 
     def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
         g, inner = self.guide, self.inner
-        if isinstance(inner, CandidateDrafter):
+        if isinstance(inner, CandidateDrafter) and type(inner).propose is CandidateDrafter.propose:
             # Prune the candidates before the budget cut (CandidateDrafter.propose, with the
             # grammar's filter between the candidates and the policy).
             c = inner.candidates(tokens, max_depth)
