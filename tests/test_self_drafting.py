@@ -231,3 +231,13 @@ def test_a_draft_vocabulary_restricts_the_drafts(peaky, trained):
     assert len(decoder.drafter.heads.vocab_rank) > 5
     assert {t for tree in trees for t in tree.tokens} <= allowed
     assert sum(len(t) for t in trees) > 0
+
+
+@pytest.mark.real_model
+def test_real_model_swift_equals_ar(default_model):
+    ids = default_model.encode_prompt("Explain how a refrigerator keeps food cold.")
+    want = build_decoder("ar", default_model).generate_ids(ids, max_new_tokens=40).token_ids
+    options = {"skip": "4,5,6,12,13,14,15,17", "threshold": 0.3}
+    got = build_decoder("swift", default_model, options=options).generate_ids(ids, max_new_tokens=40)
+    assert got.token_ids == want
+    assert got.drafted > 0 and got.mean_accepted > 1.0
