@@ -1,7 +1,10 @@
 """One state per generation: interleaved streams and concurrent threads each give exactly what
 they give alone, for every registered method; a seed fixes the text whatever drafted it."""
 
+import functools
+import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +12,7 @@ import torch
 from lossless import chi_square_pvalue, exact_joint, sample_joint
 from specdecode.engine import build_decoder
 from specdecode.models.testing import tiny_model_for_tests
-from specdecode.registry import list_methods
+from specdecode.registry import get_method, list_methods
 from specdecode.sampling import GumbelNoise, SamplingConfig, target_probs
 
 pytestmark = pytest.mark.usefixtures("private_cache")
@@ -26,9 +29,21 @@ GREEDY = SamplingConfig()
 SEEDED = SamplingConfig(temperature=1.0, top_k=20, seed=11)
 
 
+@functools.cache
+def _trained_heads(lm, method: str) -> str:
+    """Heads for the methods that draft with trained heads (medusa, hydra, clover): a few steps."""
+    from specdecode.training.train import TrainSettings, train_heads
+
+    folder = Path(tempfile.mkdtemp(prefix="heads-"))
+    settings = TrainSettings(method, num_heads=3, steps=10, batch=16, lr=1e-2, max_new_tokens=24)
+    return str(train_heads(lm, settings, folder / "h.safetensors", prompts=PROMPTS, progress=False).path)
+
+
 def decoder_for(lm, method):
-    draft = lm if any(m.name == method and m.needs_draft for m in list_methods()) else None
-    return build_decoder(method, lm, draft=draft)
+    spec = get_method(method)
+    draft = lm if spec.needs_draft else None
+    options = {"heads": _trained_heads(lm, method)} if "heads" in spec.options else None
+    return build_decoder(method, lm, draft=draft, options=options)
 
 
 def alone(lm, method, sampling):

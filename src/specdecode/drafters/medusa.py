@@ -59,6 +59,8 @@ class HeadDrafter(CandidateDrafter):
 
     method = ""
     reads_target = frozenset({"hidden"})
+    # Not a hybrid source (yet): hybrid would have to hand its sources the target reader.
+    composable = False
 
     def __init__(self, ctx, heads: str, top_k: int, budget: int, max_nodes: int, draft_vocab: int) -> None:
         loaded = ctx.target
