@@ -11,9 +11,10 @@ from specdecode.cli.common import add_device_arguments, set_threads
 
 DESCRIPTION = """\
 Train the small modules a self-drafting method needs on top of the target model: Medusa,
-Hydra or Clover draft heads on its last hidden state. The target writes its own training text (self-
-distillation): it answers prompts with greedy decoding (by default 64 everyday instructions
-built into specdecode, not the benchmark's prompts; --data gives your own, one per line), and
+Hydra or Clover draft heads on its last hidden state. The target writes its own training
+text (self-distillation): it answers prompts with greedy decoding (by default 64 everyday
+instructions built into specdecode, not the benchmark's prompts; --data gives your own, one
+per line), and
 at every position of its answers its own next-token distribution is the label. So the heads
 learn to predict what this model will say, which is what speculative decoding needs.
 
