@@ -14,9 +14,9 @@ Train the small modules a self-drafting method needs on top of the target model:
 Hydra or Clover draft heads on its last hidden state. The target writes its own training
 text (self-distillation): it answers prompts with greedy decoding (by default 64 everyday
 instructions built into specdecode, not the benchmark's prompts; --data gives your own, one
-per line), and
-at every position of its answers its own next-token distribution is the label. So the heads
-learn to predict what this model will say, which is what speculative decoding needs.
+per line), and at every position of its answers its own next-token distribution is the
+label. So the heads learn to predict what this model will say, which is what speculative
+decoding needs.
 
 The result is a safetensors file plus a JSON beside it saying what it was trained on (the
 model's digest, the data, the settings, the steps, the final losses and how often each head's
