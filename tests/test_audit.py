@@ -114,6 +114,18 @@ def test_the_command_prints_a_verdict_table_and_exits_0_or_1(prompt_file, capsys
     assert m["method"] == "hybrid" and m["identical"] == 3 and m["sampling"]["pvalue"] < 1e-3
 
 
+def test_all_leaves_out_what_cannot_run_here_and_says_why(prompt_file, capsys):
+    """Without --draft the draft methods are left out; without trained heads, the head methods."""
+    args = ["--prompt-file", prompt_file, "--raw", "--max-new-tokens", "8", "--samples", "0"]
+    code, out, err = cli(capsys, "--method", "all", *args)
+    assert code == 0
+    audited = [r.split()[0] for r in out.strip().splitlines()[1:-1]]
+    assert {"ar", "pld", "hybrid", "suffix"} <= set(audited)
+    assert "without --draft, leaving out" in err and "draft-model" not in audited
+    for heads in ("medusa", "hydra", "clover"):
+        assert heads not in audited and f"leaving out {heads}: " in err and "no trained heads" in err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

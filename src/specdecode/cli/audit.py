@@ -184,6 +184,25 @@ def table(results) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
+def _buildable(methods: list[tuple[str, dict]], target, draft, log) -> list[tuple[str, dict]]:
+    """With ``--method all``: the methods that can run on this model as it is; one that cannot
+    (heads never trained for it, a backend it needs) is left out with its reason."""
+    from specdecode.engine import build_decoder
+    from specdecode.registry import get_method
+
+    kept = []
+    for name, options in methods:
+        try:
+            build_decoder(
+                name, target, draft=draft if get_method(name).needs_draft else None, options=options
+            )
+        except SpecDecodeError as e:
+            log(f"leaving out {name}: {e}")
+            continue
+        kept.append((name, options))
+    return kept
+
+
 def run(args) -> int:
     cfg = _config(args)  # bad settings: exit status 2 before anything loads
     methods = _methods(args.method, args.option, args.draft)
@@ -200,6 +219,9 @@ def run(args) -> int:
 
     def log(line: str) -> None:
         print(f"audit: {line}", file=sys.stderr, flush=True)
+
+    if args.method.strip() == "all":
+        methods = _buildable(methods, target, draft, log)
 
     results = audit(target, methods, encoded, cfg, draft=draft, log=log)
     failed = any(r.verdict == "FAIL" for r in results)
