@@ -175,13 +175,9 @@ class Medusa(HeadDrafter):
         return self._finish(toks, parents, est, tags, start)
 
 
-@register(
-    "hydra",
-    "Hydra: trained heads on the target's last hidden state, each also seeing the tokens drafted "
-    "before it; a token tree grown level by level (train with `specdecode train hydra`)",
-)
-class Hydra(HeadDrafter):
-    method = "hydra"
+class LevelDrafter(HeadDrafter):
+    """Heads whose trees grow level by level, the ``width`` likeliest nodes of a level expanded
+    with one batched head product (hydra, clover)."""
 
     def __init__(
         self,
@@ -195,6 +191,15 @@ class Hydra(HeadDrafter):
     ) -> None:
         super().__init__(ctx, heads, top_k, budget, max_nodes, draft_vocab)
         self.width = width
+
+
+@register(
+    "hydra",
+    "Hydra: trained heads on the target's last hidden state, each also seeing the tokens drafted "
+    "before it; a token tree grown level by level (train with `specdecode train hydra`)",
+)
+class Hydra(LevelDrafter):
+    method = "hydra"
 
     def candidates(self, tokens: list[int], max_depth: int) -> Candidates:
         start = time.perf_counter()
@@ -238,21 +243,8 @@ class Hydra(HeadDrafter):
     "previous head's state and the token drafted above it; a token tree grown level by level "
     "(train with `specdecode train clover`)",
 )
-class Clover(HeadDrafter):
+class Clover(LevelDrafter):
     method = "clover"
-
-    def __init__(
-        self,
-        ctx,
-        heads: HeadsPath = "",
-        top_k: Annotated[int, "children taken from each expanded node's head", at_least(1)] = 4,
-        width: Annotated[int, "nodes expanded per level (one batched head product each)", at_least(1)] = 2,
-        budget: Budget = 0,
-        max_nodes: MaxNodes = 48,
-        draft_vocab: DraftVocab = 8192,
-    ) -> None:
-        super().__init__(ctx, heads, top_k, budget, max_nodes, draft_vocab)
-        self.width = width
 
     def candidates(self, tokens: list[int], max_depth: int) -> Candidates:
         depth_limit = min(self.heads.num_heads, max_depth)
