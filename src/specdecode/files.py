@@ -167,3 +167,20 @@ def sha256_file(path: str | os.PathLike, *, remember: bool = False) -> str:
         while n := f.readinto(buf):
             h.update(view[:n])
     return h.hexdigest()
+
+
+def read_marker(folder: Path, name: str, fmt: tuple[str, int]) -> tuple[dict, None] | tuple[None, str]:
+    """A cache folder's completion marker (JSON file ``name``), parsed, when it has this
+    ``(format, format_version)``: ``(data, None)``; else ``(None, why it cannot be trusted)``."""
+    import json
+
+    try:
+        data = json.loads((folder / name).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, "it has no completion marker" if folder.is_dir() else "it does not exist"
+    except (OSError, ValueError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return None, f"its marker is unreadable ({why})"
+    if not isinstance(data, dict) or (data.get("format"), data.get("format_version")) != tuple(fmt):
+        return None, "its marker is of another format"
+    return data, None

@@ -23,7 +23,7 @@ import torch
 
 from specdecode import __version__
 from specdecode.errors import SpecDecodeError
-from specdecode.files import atomic_folder, remove_path, sha256_file, write_atomic
+from specdecode.files import atomic_folder, read_marker, remove_path, sha256_file, write_atomic
 from specdecode.models.cache import cache_dir, check_writable
 from specdecode.models.conversion import _safe_name
 from specdecode.models.quiet import one_line
@@ -43,17 +43,9 @@ def float_gguf_dir(source: Path, sha256: str, dtype: torch.dtype) -> Path:
 
 def float_gguf_problem(folder: Path, source_sha256: str) -> str | None:
     """Why ``folder`` is not a trusted float copy of the GGUF with this sha256, or None."""
-    try:
-        data = json.loads((folder / MARKER_NAME).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return "it has no completion marker" if folder.is_dir() else "it does not exist"
-    except (OSError, ValueError) as e:
-        return f"its marker is unreadable ({one_line(e)})"
-    if not isinstance(data, dict) or (data.get("format"), data.get("format_version")) != (
-        FORMAT,
-        FORMAT_VERSION,
-    ):
-        return "its marker is of another format"
+    data, problem = read_marker(folder, MARKER_NAME, (FORMAT, FORMAT_VERSION))
+    if problem is not None:
+        return problem
     if data.get("source_sha256") != source_sha256:
         return "its marker names another GGUF"
     path = folder / FILE_NAME

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from specdecode.errors import SpecDecodeError
-from specdecode.files import atomic_folder, remove_path, sha256_file, write_atomic
+from specdecode.files import atomic_folder, read_marker, remove_path, sha256_file, write_atomic
 from specdecode.models.cache import cache_dir, check_writable
 from specdecode.models.conversion import _safe_name
 from specdecode.models.loader import LoadedModel
@@ -100,14 +100,9 @@ TOKENIZER_FORMAT = ("specdecode-gguf-tokenizer", 1)
 
 
 def _tokenizer_problem(folder: Path, sha256: str) -> str | None:
-    try:
-        data = json.loads((folder / TOKENIZER_MARKER).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return "it has no completion marker" if folder.is_dir() else "it does not exist"
-    except (OSError, ValueError) as e:
-        return f"its marker is unreadable ({one_line(e)})"
-    if not isinstance(data, dict) or (data.get("format"), data.get("format_version")) != TOKENIZER_FORMAT:
-        return "its marker is of another format"
+    data, problem = read_marker(folder, TOKENIZER_MARKER, TOKENIZER_FORMAT)
+    if problem is not None:
+        return problem
     if data.get("gguf_sha256") != sha256:
         return "its marker names another GGUF"
     digests = data.get("sha256")

@@ -17,13 +17,12 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from specdecode import __version__
 from specdecode.errors import SpecDecodeError
-from specdecode.files import atomic_folder, remove_path, sha256_file, write_atomic
+from specdecode.files import atomic_folder, read_marker, remove_path, sha256_file, write_atomic
 from specdecode.models.cache import cache_dir, check_writable
 from specdecode.models.quiet import one_line, quiet_transformers
 
@@ -68,13 +67,8 @@ def write_marker(folder: Path, gguf_sha256: str, gguf_name: str) -> None:
     write_atomic(folder / MARKER_NAME, json.dumps(marker, indent=1, sort_keys=True))
 
 
-def _marker_problem(data: Any, gguf_sha256: str) -> str | None:
-    """What is wrong with a parsed marker itself, or None."""
-    if not isinstance(data, dict) or (data.get("format"), data.get("format_version")) != (
-        CONVERSION_FORMAT,
-        CONVERSION_FORMAT_VERSION,
-    ):
-        return "its marker is of another format"
+def _marker_problem(data: dict, gguf_sha256: str) -> str | None:
+    """What is wrong with a parsed marker of the right format, or None."""
     if data.get("gguf_sha256") != gguf_sha256:
         return "its marker names another GGUF"
     files = data.get("files")
@@ -99,12 +93,9 @@ def conversion_problem(folder: str | os.PathLike, gguf_sha256: str) -> str | Non
     it is: its marker parses, names this GGUF and format, and every file it lists is there
     with its size and its sha256. Every listed file is read and hashed (the slow part)."""
     folder = Path(folder)
-    try:
-        data = json.loads((folder / MARKER_NAME).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return "it has no completion marker" if folder.is_dir() else "it does not exist"
-    except (OSError, ValueError) as e:
-        return f"its marker is unreadable ({one_line(e)})"
+    data, problem = read_marker(folder, MARKER_NAME, (CONVERSION_FORMAT, CONVERSION_FORMAT_VERSION))
+    if problem is not None:
+        return problem
     problem = _marker_problem(data, gguf_sha256)
     if problem is not None:
         return problem
