@@ -350,18 +350,9 @@ class GuidedDrafter(Drafter):
     def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
         g, inner = self.guide, self.inner
         if isinstance(inner, CandidateDrafter) and type(inner).propose is CandidateDrafter.propose:
-            # Prune the candidates before the budget cut (CandidateDrafter.propose, with the
-            # grammar's filter between the candidates and the policy).
-            c = inner.candidates(tokens, max_depth)
-            c = _filter(c, g._kept(c.tokens, c.parents))
-            n = len(c.tokens)
-            if inner.policy is not None:
-                context = len(tokens) - 1  # as CandidateDrafter.propose: the cache before the forward
-                n = inner.policy.choose(c.probs, draft_cost_per_node=c.cost_per_node, context=context)
-            inner.chosen(n)
-            inner._proposed = c.tags[:n]
-            own = DraftTree(c.tokens[:n], c.parents[:n])
-            kept = list(range(n))
+            # Prune the candidates before the budget cut, so the budget goes to valid nodes.
+            own = inner.propose(tokens, max_depth, where=lambda c: _filter(c, g._kept(c.tokens, c.parents)))
+            kept = list(range(len(own)))
         else:
             own = inner.propose(tokens, max_depth)
             kept = g._kept(own.tokens, own.parents)

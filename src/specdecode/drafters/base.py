@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -123,8 +124,14 @@ class CandidateDrafter(Drafter):
     composable = True
     policy = None  # BudgetPolicy | None
 
-    def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
+    def propose(
+        self, tokens: list[int], max_depth: int, *, where: Callable[[Candidates], Candidates] | None = None
+    ) -> DraftTree:
+        """``where``: a filter of the candidates before the budget cut, so that the budget is
+        spent on the nodes it keeps (a grammar's, :mod:`specdecode.constraints`)."""
         c = self.candidates(tokens, max_depth)
+        if where is not None:
+            c = where(c)
         n = len(c.tokens)
         if self.policy is not None:
             # the target's cache holds every committed token but the root when it scores the tree
