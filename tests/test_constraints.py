@@ -299,7 +299,7 @@ def test_bench_prompts_with_a_schema(lm, tmp_path):
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     cfg = BenchConfig(
         methods=["ar", "hybrid", "hf-ar"], max_new_tokens=120, warmup=0, plots=False, progress=False,
-        raw=True, calibration="off",
+        raw=True, calibration="off", out=tmp_path / "bench.json",
     )  # fmt: skip
     res = run_bench(cfg, target=lm, prompts=read_jsonl(path), log=lambda m: None)
     constrained = [r for r in res.records if r.prompt_id == "j"]
