@@ -192,6 +192,23 @@ class LevelDrafter(HeadDrafter):
         super().__init__(ctx, heads, top_k, budget, max_nodes, draft_vocab)
         self.width = width
 
+    def _add_children(self, depth, expanded, top_p, top_ids, rates, tree) -> list[tuple[int, float, object]]:
+        """Append every expanded node's top-k children to ``tree`` (tokens, parents, estimates,
+        tags); returns ``(node, estimate, what the child carries on)`` for each, the carried
+        value taken from its parent's ``expanded`` entry ``(node, estimate, carried)``."""
+        toks, parents, est, tags = tree
+        children = []
+        for (node, base, carried), ps, ids in zip(expanded, top_p, top_ids, strict=True):
+            for p, t in zip(ps, ids, strict=True):
+                bucket = self._bucket(depth, p)
+                e = base * rates[bucket]
+                toks.append(t)
+                parents.append(node)
+                est.append(e)
+                tags.append(bucket)
+                children.append((len(toks) - 1, e, carried))
+        return children
+
 
 @register(
     "hydra",
@@ -217,16 +234,7 @@ class Hydra(LevelDrafter):
             prev = torch.stack([e for _, _, e in level])  # [w, depth, hidden]
             out = self.heads.head(depth - 1, h.expand(len(level), -1), prev)  # [w, hidden]
             top_p, top_ids = self._top(out, self.top_k)  # [w][top_k]
-            children = []
-            for (node, base, path_emb), ps, ids in zip(level, top_p, top_ids, strict=True):
-                for p, t in zip(ps, ids, strict=True):
-                    bucket = self._bucket(depth, p)
-                    e = base * rates[bucket]
-                    toks.append(t)
-                    parents.append(node)
-                    est.append(e)
-                    tags.append(bucket)
-                    children.append((len(toks) - 1, e, path_emb))
+            children = self._add_children(depth, level, top_p, top_ids, rates, (toks, parents, est, tags))
             if depth == depth_limit or len(toks) >= self.max_nodes:
                 break
             children.sort(key=lambda c: -c[1])
@@ -262,16 +270,8 @@ class Clover(LevelDrafter):
                 depth - 1, torch.stack([s for _, _, s, _ in level]), torch.stack([e for _, _, _, e in level])
             )  # [w, hidden]
             top_p, top_ids = self._top(states, self.top_k)  # [w][top_k]
-            children = []
-            for (node, base, _, _), state, ps, ids in zip(level, states, top_p, top_ids, strict=True):
-                for p, t in zip(ps, ids, strict=True):
-                    bucket = self._bucket(depth, p)
-                    e = base * rates[bucket]
-                    toks.append(t)
-                    parents.append(node)
-                    est.append(e)
-                    tags.append(bucket)
-                    children.append((len(toks) - 1, e, state))
+            expanded = [(node, base, state) for (node, base, _, _), state in zip(level, states, strict=True)]
+            children = self._add_children(depth, expanded, top_p, top_ids, rates, (toks, parents, est, tags))
             if depth == depth_limit or len(toks) >= self.max_nodes:
                 break
             children.sort(key=lambda c: -c[1])
