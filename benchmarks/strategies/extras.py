@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from table import common_prefix  # benchmarks/strategies/table.py, beside this script
 
 from specdecode.bench.datasets import load_prompts
 from specdecode.engine import build_decoder
@@ -36,15 +37,6 @@ from specdecode.sampling import SamplingConfig
 from specdecode.strategies import build_strategy
 
 CATEGORIES = ["mt_bench", "summarization", "qa", "rag"]
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def timed(fn, *args):
