@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from specdecode.constraints import constraint_for
+from specdecode.constraints import awrs, constraint_for
 from specdecode.engine import Decoder, GenerationResult, Response, build_decoder
 from specdecode.errors import SpecDecodeError
 from specdecode.models.loader import load_model
@@ -83,6 +83,16 @@ def _prediction_ids(decoder: Decoder, prediction) -> list[int] | None:
     return decoder.loaded.tokenizer.encode(prediction, add_special_tokens=False)
 
 
+def _check_awrs(constraint_sampling, particles, json_schema, regex, grammar, temperature, top_k, top_p,
+                method, prediction) -> None:  # fmt: skip
+    """``constraint_sampling`` and ``particles`` checked before any model loads."""
+    constrained = json_schema is not None or regex is not None or grammar is not None
+    awrs.check_options(
+        constraint_sampling, particles, constrained=constrained, temperature=temperature, top_k=top_k,
+        top_p=top_p, method=method, prediction=prediction,
+    )  # fmt: skip
+
+
 def _prepare(
     prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed, coupling,
     backend=None,
@@ -119,6 +129,8 @@ def generate(
     regex: str | None = None,
     grammar: str | None = None,
     jump_forward: bool = True,
+    constraint_sampling: str = "mask",
+    particles: int = 1,
     stop: str | list[str] | None = None,
     raw: bool = False,
     device: str | None = "auto",
@@ -140,6 +152,10 @@ def generate(
     ``json_schema`` (a dict or JSON text), ``regex`` or ``grammar`` (Lark text): the reply
     follows it (:mod:`specdecode.constraints`); greedy output is plain greedy decoding with the
     grammar's mask at every step. ``jump_forward``: draft the tokens the grammar forces.
+    ``constraint_sampling``: ``"mask"`` samples each token from the locally masked distribution;
+    ``"awrs"`` samples by adaptive weighted rejection, with sequential Monte Carlo over
+    ``particles`` (> 1) towards the global constrained distribution, without speculation
+    (:mod:`specdecode.constraints.awrs`).
     """
     if strategy is not None or context is not None:
         if method != "ar" or temperature != 0 or prediction is not None or stop is not None:
@@ -150,10 +166,18 @@ def generate(
             prompt, strategy or "exact-extract", model=model, draft=draft, options=options,
             max_new_tokens=max_new_tokens, context=context, raw=raw, device=device, dtype=dtype,
         )  # fmt: skip
+    _check_awrs(constraint_sampling, particles, json_schema, regex, grammar, temperature, top_k, top_p,
+                method, prediction)  # fmt: skip
     decoder, ids, sampling = _prepare(
         prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed, coupling,
         backend,
     )  # fmt: skip
+    if constraint_sampling == "awrs":
+        return awrs.generate(
+            decoder, ids, max_new_tokens=max_new_tokens, sampling=sampling, stop=_stop_list(stop),
+            constraint=constraint_for(decoder.loaded, json_schema, regex, grammar, jump_forward),
+            particles=particles,
+        )  # fmt: skip
     return decoder.generate_ids(
         ids,
         max_new_tokens=max_new_tokens,
@@ -182,6 +206,8 @@ def stream(
     regex: str | None = None,
     grammar: str | None = None,
     jump_forward: bool = True,
+    constraint_sampling: str = "mask",
+    particles: int = 1,
     stop: str | list[str] | None = None,
     raw: bool = False,
     device: str | None = "auto",
@@ -189,10 +215,19 @@ def stream(
     backend: str | None = None,
 ) -> Iterator[Response]:
     """Yield :class:`Response` pieces (text delta, token ids, finish reason on the last)."""
+    _check_awrs(constraint_sampling, particles, json_schema, regex, grammar, temperature, top_k, top_p,
+                method, prediction)  # fmt: skip
     decoder, ids, sampling = _prepare(
         prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed, coupling,
         backend,
     )  # fmt: skip
+    if constraint_sampling == "awrs":
+        yield from awrs.stream(
+            decoder, ids, max_new_tokens=max_new_tokens, sampling=sampling, stop=_stop_list(stop),
+            constraint=constraint_for(decoder.loaded, json_schema, regex, grammar, jump_forward),
+            particles=particles,
+        )  # fmt: skip
+        return
     yield from decoder.stream(
         ids,
         max_new_tokens=max_new_tokens,
