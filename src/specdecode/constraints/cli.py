@@ -1,5 +1,5 @@
 """``specdecode generate`` options for constrained generation: ``--json-schema``, ``--regex``,
-``--grammar`` and ``--no-jump-forward``."""
+``--grammar``, ``--no-jump-forward``, ``--constraint-sampling`` and ``--particles``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,16 @@ Every method drafts under the constraint (drafts the grammar forbids are never s
 tokens it forces are drafted for free); greedy output equals plain greedy decoding with the
 grammar's mask at every step. JSON is laid out with ", " and ": " and no other white space
 unless the schema's "x-guidance" object says otherwise. finish_reason "constraint": the
-grammar allowed no next token."""
+grammar allowed no next token.
+--constraint-sampling mask (the default) samples each token from the locally masked
+distribution (the product of renormalized masked conditionals, which over-weights prefixes
+whose continuations the model finds unlikely); awrs samples by adaptive weighted rejection
+(only drawn tokens are checked), and with --particles K > 1 runs sequential Monte Carlo,
+which approaches the global constrained distribution p(text | text follows the grammar) as K
+grows. awrs needs a temperature > 0 and decodes without speculation (one forward per token,
+the K particles batched); K = 1 samples what mask samples.
+  specdecode generate --regex "(yes|no)" --temperature 1 --constraint-sampling awrs --particles 16 "Is it?"
+"""
 
 
 def add_arguments(p) -> None:
@@ -40,6 +49,21 @@ def add_arguments(p) -> None:
         dest="jump_forward",
         action="store_false",
         help="do not draft the tokens the grammar forces (for comparison; the output is the same)",
+    )
+    g.add_argument(
+        "--constraint-sampling",
+        choices=["mask", "awrs"],
+        default="mask",
+        help="how sampling obeys the constraint: mask (default; the locally masked distribution) or awrs "
+        "(adaptive weighted rejection; with --particles > 1, sequential Monte Carlo towards the global "
+        "constrained distribution; no speculation)",
+    )
+    g.add_argument(
+        "--particles",
+        type=int,
+        default=1,
+        metavar="K",
+        help="SMC particles for --constraint-sampling awrs (default: 1, AWRS alone)",
     )
 
 
@@ -76,4 +100,13 @@ def constraint_kwargs(args) -> dict:
         check_constraint(**out)
     if out and not getattr(args, "jump_forward", True):
         out["jump_forward"] = False
+    sampling, particles = getattr(args, "constraint_sampling", "mask"), getattr(args, "particles", 1)
+    from specdecode.constraints.awrs import check_options
+
+    check_options(
+        sampling, particles, constrained=bool(out), temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, method=args.method, flags=True,
+    )  # fmt: skip
+    if sampling != "mask":
+        out.update(constraint_sampling=sampling, particles=particles)
     return out
