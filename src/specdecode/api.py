@@ -93,6 +93,15 @@ def _check_awrs(constraint_sampling, particles, json_schema, regex, grammar, tem
     )  # fmt: skip
 
 
+def _monitor_args(monitor, repo, prompt: str, raw: bool) -> tuple:
+    """``constraint_for``'s monitor arguments, checked before any model loads."""
+    if monitor is None and repo is None:
+        return ()
+    from specdecode.constraints.monitor import check_monitor
+
+    return (monitor, str(check_monitor(monitor, repo)), prompt if raw else "")
+
+
 def _prepare(
     prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed, coupling,
     backend=None,
@@ -129,6 +138,8 @@ def generate(
     regex: str | None = None,
     grammar: str | None = None,
     jump_forward: bool = True,
+    monitor: str | None = None,
+    repo: str | None = None,
     constraint_sampling: str = "mask",
     particles: int = 1,
     stop: str | list[str] | None = None,
@@ -152,6 +163,9 @@ def generate(
     ``json_schema`` (a dict or JSON text), ``regex`` or ``grammar`` (Lark text): the reply
     follows it (:mod:`specdecode.constraints`); greedy output is plain greedy decoding with the
     grammar's mask at every step. ``jump_forward``: draft the tokens the grammar forces.
+    ``monitor`` (``"python"``) and ``repo`` (a folder): monitor-guided decoding of code
+    (:mod:`specdecode.constraints.monitor`): after ``obj.`` only names the repository's static
+    analysis finds; the code so far is the prompt (with ``raw``) plus the reply.
     ``constraint_sampling``: ``"mask"`` samples each token from the locally masked distribution;
     ``"awrs"`` samples by adaptive weighted rejection, with sequential Monte Carlo over
     ``particles`` (> 1) towards the global constrained distribution, without speculation
@@ -168,6 +182,7 @@ def generate(
         )  # fmt: skip
     _check_awrs(constraint_sampling, particles, json_schema, regex, grammar, temperature, top_k, top_p,
                 method, prediction)  # fmt: skip
+    code_monitor = _monitor_args(monitor, repo, prompt, raw)
     decoder, ids, sampling = _prepare(
         prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed, coupling,
         backend,
@@ -175,7 +190,7 @@ def generate(
     if constraint_sampling == "awrs":
         return awrs.generate(
             decoder, ids, max_new_tokens=max_new_tokens, sampling=sampling, stop=_stop_list(stop),
-            constraint=constraint_for(decoder.loaded, json_schema, regex, grammar, jump_forward),
+            constraint=constraint_for(decoder.loaded, json_schema, regex, grammar, jump_forward, *code_monitor),
             particles=particles,
         )  # fmt: skip
     return decoder.generate_ids(
@@ -184,7 +199,7 @@ def generate(
         sampling=sampling,
         stop=_stop_list(stop),
         prediction=_prediction_ids(decoder, prediction),
-        constraint=constraint_for(decoder.loaded, json_schema, regex, grammar, jump_forward),
+        constraint=constraint_for(decoder.loaded, json_schema, regex, grammar, jump_forward, *code_monitor),
     )
 
 
@@ -206,6 +221,8 @@ def stream(
     regex: str | None = None,
     grammar: str | None = None,
     jump_forward: bool = True,
+    monitor: str | None = None,
+    repo: str | None = None,
     constraint_sampling: str = "mask",
     particles: int = 1,
     stop: str | list[str] | None = None,
@@ -217,6 +234,7 @@ def stream(
     """Yield :class:`Response` pieces (text delta, token ids, finish reason on the last)."""
     _check_awrs(constraint_sampling, particles, json_schema, regex, grammar, temperature, top_k, top_p,
                 method, prediction)  # fmt: skip
+    code_monitor = _monitor_args(monitor, repo, prompt, raw)
     decoder, ids, sampling = _prepare(
         prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed, coupling,
         backend,
@@ -224,7 +242,7 @@ def stream(
     if constraint_sampling == "awrs":
         yield from awrs.stream(
             decoder, ids, max_new_tokens=max_new_tokens, sampling=sampling, stop=_stop_list(stop),
-            constraint=constraint_for(decoder.loaded, json_schema, regex, grammar, jump_forward),
+            constraint=constraint_for(decoder.loaded, json_schema, regex, grammar, jump_forward, *code_monitor),
             particles=particles,
         )  # fmt: skip
         return
@@ -234,5 +252,5 @@ def stream(
         sampling=sampling,
         stop=_stop_list(stop),
         prediction=_prediction_ids(decoder, prediction),
-        constraint=constraint_for(decoder.loaded, json_schema, regex, grammar, jump_forward),
+        constraint=constraint_for(decoder.loaded, json_schema, regex, grammar, jump_forward, *code_monitor),
     )

@@ -101,6 +101,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     constraints_cli.add_arguments(p)
     p.epilog = f"{p.epilog}\n\n{constraints_cli.HELP}"
+    constraints_cli.add_monitor_arguments(p)
+    p.epilog = f"{p.epilog}\n\n{constraints_cli.MONITOR_HELP}"
     p.set_defaults(func=run)
     return p
 
@@ -214,11 +216,12 @@ def run(args) -> int:
 
     if strategies_cli.wanted(args):
         return strategies_cli.run(args)
-    from specdecode.constraints.cli import constraint_kwargs
+    from specdecode.constraints.cli import constraint_kwargs, monitor_kwargs
     from specdecode.models.pairing import check_draft
     from specdecode.registry import get_method, parse_option_strings
 
     constrained = constraint_kwargs(args)  # a bad schema or grammar file: an error before loading
+    constrained.update(monitor_kwargs(args))  # likewise a bad --monitor or --repo
     spec = get_method(args.method)  # unknown method: an error before loading anything
     options = spec.parse_options(parse_option_strings(args.option))
     check_draft(spec, args.draft)

@@ -1,5 +1,6 @@
 """``specdecode generate`` options for constrained generation: ``--json-schema``, ``--regex``,
-``--grammar``, ``--no-jump-forward``, ``--constraint-sampling`` and ``--particles``."""
+``--grammar``, ``--no-jump-forward``, ``--constraint-sampling`` and ``--particles``; and the
+monitor's ``--monitor`` and ``--repo``."""
 
 from __future__ import annotations
 
@@ -110,3 +111,38 @@ def constraint_kwargs(args) -> dict:
     if sampling != "mask":
         out.update(constraint_sampling=sampling, particles=particles)
     return out
+
+
+# ---- `specdecode generate --monitor python --repo DIR` ------------------------------------------
+MONITOR_HELP = """\
+monitor-guided decoding (code completion that only uses names the repository defines):
+  specdecode generate --raw --monitor python --repo ./shop --max-new-tokens 16 "$(cat head.py)"
+(head.py: the start of a file in ./shop, ending for instance with "store.")
+After an attribute-access dot, jedi lists the names the object has (the code so far plus the
+repository); the model may only write one of them. Elsewhere nothing is constrained. With
+--raw the prompt is the code the answer continues; without it, the code is the reply's last
+``` block. Every method still drafts; greedy output equals greedy decoding with the monitor's
+mask at every step."""
+
+
+def add_monitor_arguments(p) -> None:
+    g = p.add_argument_group("monitor-guided decoding")
+    g.add_argument(
+        "--monitor",
+        metavar="LANG",
+        default=None,
+        help="constrain names after `obj.` to those a static analyzer finds (python: jedi)",
+    )
+    g.add_argument(
+        "--repo", metavar="DIR", default=None, help="the repository the code belongs to (for --monitor)"
+    )
+
+
+def monitor_kwargs(args) -> dict:
+    """The API's ``monitor`` and ``repo`` from the parsed options, checked before loading."""
+    language, repo = getattr(args, "monitor", None), getattr(args, "repo", None)
+    if language is None and repo is None:
+        return {}
+    from specdecode.constraints.monitor import check_monitor
+
+    return {"monitor": language, "repo": str(check_monitor(language, repo))}

@@ -264,9 +264,21 @@ class MonitorMatcher:
         self.monitor = constraint.monitor
         self.code = bytearray(constraint.code)
         self.state: tuple[_Site, bytes] | None = None  # (trigger point, identifier so far)
-        if self.code.endswith(b".") and _owner_before(self.code[:-1], b".", 0):  # code ending "obj."
-            self.state = (_Site(self.monitor, bytes(self.code)), b"")
+        self.state = self._start(bytes(self.code))
         self._undo: list[tuple[int, tuple[_Site, bytes] | None]] = []
+
+    def _start(self, code: bytes):
+        """The state at the end of the given code: inside a name after a trigger point where the
+        code ends with ``obj.`` or ``obj.na`` (unconstrained where ``na`` begins no name)."""
+        word = len(code)
+        while word > 0 and code[word - 1] in IDENT:
+            word -= 1
+        dot = word - 1
+        if dot < 0 or code[dot] != _DOT or not _owner_before(bytearray(code[:dot]), b".", 0):
+            return None
+        state = (_Site(self.monitor, code[: dot + 1]), b"")
+        state = self._run(state, code[word:])
+        return None if state is _BAD else state
 
     # -- simulation
     def _run(self, state, text: bytes, special: bool = False):
@@ -417,36 +429,3 @@ class MonitorGuide(Guide):
 
     def allowed(self) -> torch.Tensor:
         return self.matcher.mask()
-
-
-# ---- `specdecode generate --monitor python --repo DIR` ------------------------------------------
-HELP = """\
-monitor-guided decoding (code completion that only uses names the repository defines):
-  specdecode generate --raw --monitor python --repo ./shop --max-new-tokens 16 \\
-      "from inventory import InventoryStore\\nstore = InventoryStore()\\nstore."
-After an attribute-access dot, jedi lists the names the object has (the code so far plus the
-repository); the model may only write one of them. Elsewhere nothing is constrained. With
---raw the prompt is the code the answer continues; without it, the code is the reply's last
-``` block. Every method still drafts; greedy output equals greedy decoding with the monitor's
-mask at every step."""
-
-
-def add_arguments(p) -> None:
-    g = p.add_argument_group("monitor-guided decoding")
-    g.add_argument(
-        "--monitor",
-        metavar="LANG",
-        default=None,
-        help="constrain names after `obj.` to those a static analyzer finds (python: jedi)",
-    )
-    g.add_argument(
-        "--repo", metavar="DIR", default=None, help="the repository the code belongs to (for --monitor)"
-    )
-
-
-def monitor_kwargs(args) -> dict:
-    """The API's ``monitor`` and ``repo`` from the parsed options, checked before loading."""
-    language, repo = getattr(args, "monitor", None), getattr(args, "repo", None)
-    if language is None and repo is None:
-        return {}
-    return {"monitor": language, "repo": str(check_monitor(language, repo))}
