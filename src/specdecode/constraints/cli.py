@@ -143,6 +143,10 @@ def monitor_kwargs(args) -> dict:
     language, repo = getattr(args, "monitor", None), getattr(args, "repo", None)
     if language is None and repo is None:
         return {}
+    if any(getattr(args, k, None) is not None for k in ("json_schema", "regex", "grammar")):
+        raise SpecDecodeError(
+            "give a grammar constraint (--json-schema, --regex, --grammar) or a monitor, not both"
+        )
     from specdecode.constraints.monitor import check_monitor
 
     return {"monitor": language, "repo": str(check_monitor(language, repo))}
