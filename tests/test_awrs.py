@@ -114,23 +114,32 @@ def test_awrs_alone_samples_what_mask_samples(lm, setting):
 
 
 # ---- (2) the weight: an unbiased estimate of Z, whatever token was accepted -------------------
-def test_awrs_weight_is_an_unbiased_estimate_of_the_allowed_mass():
+@pytest.mark.parametrize("fallback", [False, True])
+def test_awrs_weight_is_an_unbiased_estimate_of_the_allowed_mass(fallback):
     """A peaked distribution over 300 tokens, a third of them allowed (the two likeliest not):
     the tokens follow p restricted to the allowed ones (chi-square), the mean weight is Z
     within 4 standard errors (and 2%), and so is the mean weight given each of the three
-    likeliest accepted tokens (properly weighted: E[W | x] = Z)."""
+    likeliest accepted tokens (properly weighted: E[W | x] = Z). ``fallback``: the full mask
+    finishes a draw after 2 rejections (the cap on a draw's checks) and all of this still holds."""
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(300, generator=gen, dtype=torch.float64) * 2.0
     probs = logits.softmax(-1)
     allowed_set = set(torch.randperm(300, generator=gen)[:100].tolist()) - set(probs.topk(2).indices.tolist())
     z = float(probs[sorted(allowed_set)].sum())
+    mask = torch.zeros(300, dtype=torch.bool)
+    mask[sorted(allowed_set)] = True
     n = 20000
-    tokens, weights, checks = [], [], 0
+    tokens, weights, checks, masked = [], [], 0, 0
     for _ in range(n):
-        d = awrs_draw(probs, lambda t: t in allowed_set, gen)
+        if fallback:
+            d = awrs_draw(probs, lambda t: t in allowed_set, gen, mask=lambda: mask, max_rejects=2)
+        else:
+            d = awrs_draw(probs, lambda t: t in allowed_set, gen)
         tokens.append(d.token)
         weights.append(d.weight)
         checks += d.checks
+        masked += d.masked
+    assert (masked > n / 20) == fallback and (checks / n < 3) == fallback
     w = torch.tensor(weights, dtype=torch.float64)
     se = float(w.std()) / math.sqrt(n)
     assert abs(float(w.mean()) - z) < 4 * se and abs(float(w.mean()) / z - 1) < 0.02

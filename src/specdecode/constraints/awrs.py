@@ -13,7 +13,7 @@ full unconstrained probability. The global distribution weights each sequence by
 of its ``Z``'s relative to the others.
 
 **AWRS, one token** (:func:`awrs_draw`). Tokens are drawn from the *unmasked* ``p`` without
-replacement (Gumbel keys, largest first); each drawn token is checked with the grammar alone
+replacement (inverse-CDF draws, a rejected token skipped); each drawn token is checked with the grammar alone
 (llguidance's per-token check, no vocabulary mask); a rejected token is removed and the next
 one drawn. The first accepted token ``x`` follows the masked distribution exactly. The
 weight is the estimate ``W = p(x) + c(y) * (1 - R - p(x))`` of ``Z``, where ``R`` is the mass
@@ -23,6 +23,12 @@ estimated from a single draw. So ``E[W | x, the tokens rejected before it] = Z``
 estimate is unbiased whatever token was accepted (the paper's recursive estimator with its
 coin-flip tail; ``R`` telescopes the product of its ``1 - q`` factors), which makes
 ``(x, W)`` properly weighted for ``p(x) [x allowed]``. It costs one check more than the draw.
+Where the model puts little mass on the allowed tokens (a key the schema forces that the model
+would not write) rejection could take thousands of checks: after :data:`MAX_REJECTS`
+rejections the full mask finishes the draw exactly (the token from what is left, restricted
+to the mask; ``Z`` then computed, not estimated), so a token costs at most that many checks
+and one mask. The rule looks only at what was drawn before, so the draw stays exact and the
+weight unbiased.
 
 **SMC over K particles** (:func:`smc`). Each particle is extended one token at a time by
 AWRS, its weight multiplied by ``W``; when the effective sample size ``(sum w)^2 / sum w^2``
@@ -53,6 +59,7 @@ from specdecode.errors import SpecDecodeError
 CONSTRAINT_SAMPLINGS = ("mask", "awrs")
 MAX_PARTICLES = 1024
 ESS_THRESHOLD = 0.5  # resample when the effective sample size falls below this share of K
+MAX_REJECTS = 16  # rejections before the full mask finishes a draw (see awrs_draw)
 
 
 def check_options(
@@ -108,56 +115,108 @@ def check_options(
 class Draw:
     token: int | None  # None: every token with probability > 0 was rejected (a dead end)
     weight: float  # the estimate of Z (0 at a dead end; nan when drawn unweighted)
-    checks: int  # grammar checks made
+    checks: int  # grammar checks of single tokens
+    masked: bool = False  # the full mask was computed (after MAX_REJECTS rejections)
 
 
-class _Descending:
-    """Indices of ``keys`` ``[vocab]`` from the largest down, sorted only as far as they are read."""
+class _Urn:
+    """Draws from ``probs`` ``[vocab]`` with some tokens removed: inverse-CDF draws from the
+    current table, a removed token skipped (a fresh draw from what is left: drawing with
+    replacement and skipping removed tokens is drawing without them); the table is rebuilt
+    without them once they hold half of its mass."""
 
-    FIRST = 16
+    BATCH = 8  # uniforms drawn at a time
 
-    def __init__(self, keys: torch.Tensor) -> None:
-        self.keys = keys
-        n = keys.shape[0]
-        self.order = keys.topk(min(self.FIRST, n)).indices.tolist()
-        self.full = n <= self.FIRST
+    def __init__(self, probs: torch.Tensor, gen: torch.Generator) -> None:
+        self.probs = probs.double()  # [vocab]
+        self.gen = gen
+        self.removed: dict[int, float] = {}  # token -> its mass
+        self._build()
+        self.total0 = self.total  # the mass of every token (1 up to rounding)
+        self._queue: list[int] = []
 
-    def __getitem__(self, i: int) -> int | None:
-        """The ``i``-th largest key's index; None past the last finite key."""
-        if i >= len(self.order) and not self.full:
-            self.order = torch.argsort(self.keys, descending=True).tolist()
-            self.full = True
-        if i >= len(self.order):
-            return None
-        j = self.order[i]
-        return j if self.keys[j] > float("-inf") else None
+    def _build(self) -> None:
+        p = self.probs
+        if self.removed:
+            p = p.clone()
+            p[list(self.removed)] = 0.0
+        self.cdf = p.cumsum(0)  # [vocab]
+        self.total = float(self.cdf[-1])
+        self.in_table = 0.0  # removed mass still in this table (none: it was zeroed)
+        self._queue = []
+
+    @property
+    def left(self) -> float:
+        """The mass not removed."""
+        return self.total - self.in_table
+
+    def remove(self, token: int) -> None:
+        self.removed[token] = float(self.probs[token])
+        self.in_table += self.removed[token]
+        if self.in_table > 0.5 * self.total:
+            self._build()
+
+    def draw(self) -> int | None:
+        """A token from what is left; None when nothing with mass is left."""
+        while True:
+            if self.left <= 0.0 or self.total <= 0.0:
+                return None
+            if not self._queue:
+                u = torch.rand(self.BATCH, generator=self.gen, dtype=torch.float64) * self.total
+                idx = torch.searchsorted(self.cdf, u, right=True).clamp_(max=self.cdf.shape[0] - 1)
+                self._queue = idx.tolist()[::-1]
+            t = self._queue.pop()
+            if t not in self.removed:  # (a token of mass 0 has an empty interval: never drawn)
+                return t
 
 
-def awrs_draw(probs: torch.Tensor, allowed, gen: torch.Generator, weighted: bool = True) -> Draw:
-    """One token from ``probs`` ``[vocab]`` (float64, summing to 1) restricted to the tokens
-    ``allowed(token) -> bool`` accepts, by adaptive rejection; with ``weighted``, also the
-    unbiased estimate of ``Z = sum of probs over the allowed tokens`` (see the module docstring).
+def awrs_draw(
+    probs: torch.Tensor, allowed, gen: torch.Generator, weighted: bool = True, mask=None,
+    max_rejects: int | None = None,
+) -> Draw:  # fmt: skip
+    """One token from ``probs`` ``[vocab]`` restricted to the tokens ``allowed(token) -> bool``
+    accepts, by adaptive rejection; with ``weighted``, also the unbiased estimate of
+    ``Z = sum of probs over the allowed tokens`` (see the module docstring).
+
+    ``mask() -> bool [vocab]``: after ``max_rejects`` rejections (default
+    :data:`MAX_REJECTS`) the full mask finishes the draw exactly (the next token from what is
+    left, restricted to the mask, and Z computed): a state where the model puts little mass on
+    the allowed tokens costs a bounded number of checks and one mask.
     """
-    u = torch.rand(probs.shape[0], generator=gen, dtype=torch.float64).clamp_(1e-300, 1 - 1e-16)
-    order = _Descending(probs.log() - torch.log(-torch.log(u)))  # Gumbel-top-k: draws without replacement
-    p = probs.tolist() if probs.shape[0] <= 4096 else probs  # scalar reads: a list is faster
-    rejected = 0.0  # mass of the rejected tokens
-    checks, i = 0, 0
-    while (x := order[i]) is not None:
+    max_rejects = MAX_REJECTS if max_rejects is None else max_rejects
+    urn = _Urn(probs, gen)
+    checks = 0
+    while (x := urn.draw()) is not None:
+        if mask is not None and checks >= max_rejects:
+            return _masked_draw(urn, mask(), checks, weighted)
         checks += 1
         if allowed(x):
             if not weighted:
                 return Draw(x, math.nan, checks)
-            px = float(p[x])
-            y = order[i + 1]  # the next draw without replacement: a sample from what is left
+            px = float(urn.probs[x])
+            urn.remove(x)
+            y = urn.draw()  # a sample from what is left
             if y is None:  # x was the last token with mass: Z is known exactly
-                return Draw(x, px, checks)
+                return Draw(x, px / urn.total0, checks)
             checks += 1
-            rest = max(0.0, 1.0 - rejected - px)
-            return Draw(x, px + rest * allowed(y), checks)
-        rejected += float(p[x])
-        i += 1
+            rest = max(0.0, urn.left)
+            return Draw(x, (px + rest * allowed(y)) / urn.total0, checks)
+        urn.remove(x)
     return Draw(None, 0.0, checks)
+
+
+def _masked_draw(urn: _Urn, allowed: torch.Tensor, checks: int, weighted: bool) -> Draw:
+    keep = torch.zeros(urn.probs.shape[0], dtype=torch.bool)
+    n = min(keep.shape[0], allowed.shape[0])
+    keep[:n] = allowed[:n].to("cpu")
+    p = urn.probs * keep  # the rejected tokens are not allowed: nothing of theirs is left here
+    cdf = p.cumsum(0)
+    z = float(cdf[-1])
+    if z <= 0.0:
+        return Draw(None, 0.0, checks, True)
+    u = torch.rand(1, generator=urn.gen, dtype=torch.float64) * z
+    x = int(torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[0] - 1))
+    return Draw(x, z / urn.total0 if weighted else math.nan, checks, True)
 
 
 def allows(guide, token: int) -> bool:
@@ -172,7 +231,8 @@ class SmcOutcome:
     finish_reason: str  # "eos", "length" or "constraint" (every particle reached a dead end)
     forwards: int  # target forwards after the prefill (each scores all particles at once)
     tokens_drawn: int  # tokens drawn by AWRS, all particles together
-    checks: int  # grammar checks, all particles together
+    checks: int  # grammar checks of single tokens, all particles together
+    masks: int  # full masks computed (draws that reached MAX_REJECTS rejections)
     resamples: int
     log_evidence: float  # log of the unbiased estimate of P(a sequence ending within the limit is valid)
 
@@ -230,14 +290,14 @@ def smc(loaded, prompt_ids: list[int], constraint, sampling, limit: int, particl
     out: list[list[int]] = [[] for _ in range(k)]
     done: list[str | None] = [None] * k
     logw = [0.0] * k
-    forwards = drawn = checks = resamples = 0
+    forwards = drawn = checks = masks = resamples = 0
     for step in range(limit):
         live = [i for i in range(k) if done[i] is None]
-        probs = (logits[live].double().cpu() / sampling.temperature).softmax(-1)  # [live, vocab]
+        probs = (logits[live].cpu() / sampling.temperature).softmax(-1)  # [live, vocab]
         for r, i in enumerate(live):
             g = guides[i]
-            d = awrs_draw(probs[r], lambda t, g=g: allows(g, t), gen, weighted)
-            drawn, checks = drawn + 1, checks + d.checks
+            d = awrs_draw(probs[r], lambda t, g=g: allows(g, t), gen, weighted, mask=g.allowed)
+            drawn, checks, masks = drawn + 1, checks + d.checks, masks + d.masked
             if d.token is None:
                 done[i], logw[i] = "constraint", float("-inf")
                 continue
@@ -266,14 +326,14 @@ def smc(loaded, prompt_ids: list[int], constraint, sampling, limit: int, particl
     alive = [i for i in range(k) if done[i] in (None, "eos")]
     pool = ended or alive
     if not pool:
-        return SmcOutcome(out[0], "constraint", forwards, drawn, checks, resamples, evidence)
+        return SmcOutcome(out[0], "constraint", forwards, drawn, checks, masks, resamples, evidence)
     if weighted and len(pool) > 1:
         w = torch.tensor([logw[i] for i in pool], dtype=torch.float64).softmax(0)
         chosen = pool[int(torch.multinomial(w, 1, generator=gen))]
     else:
         chosen = pool[0]
     finish = "eos" if done[chosen] == "eos" else "length"
-    return SmcOutcome(out[chosen], finish, forwards, drawn, checks, resamples, evidence)
+    return SmcOutcome(out[chosen], finish, forwards, drawn, checks, masks, resamples, evidence)
 
 
 def _ess(logw: list[float]) -> float:
