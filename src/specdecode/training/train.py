@@ -215,6 +215,41 @@ def agreement(heads, lm_head, embed, data, idx) -> list[float]:
     ]
 
 
+def training_data(
+    loaded, prompts, max_new_tokens: int, top_labels: int, out: Path, data_source: str, progress: bool, log
+) -> tuple[dict[str, torch.Tensor], Path, float]:
+    """The training text and labels (:func:`make_data`) for ``loaded`` and ``prompts``: made once,
+    kept beside ``out`` (shared by every method trained there), reused when it is for the same
+    model, prompts and settings. Returns ``(data, its file, seconds spent)``."""
+    from tqdm import tqdm
+
+    data_key = _digest([DATA_FORMAT, loaded.key, prompts, max_new_tokens, top_labels])
+    data_path = out.with_name(f"training-data-{data_key}.safetensors")  # shared by the methods
+    started = time.perf_counter()
+    data = _read_data(data_path)
+    if data is None:
+        log(f"generating training text: the target answers {len(prompts)} prompts ({data_source})")
+        bar = tqdm(total=len(prompts), desc="data", unit="prompt", disable=not progress)
+
+        def tick(done, total):
+            bar.n = done
+            bar.refresh()
+
+        data = make_data(loaded, prompts, max_new_tokens=max_new_tokens, top_labels=top_labels, progress=tick)
+        bar.close()
+        data = {k: v.clone() for k, v in data.items()}  # ordinary tensors (made in inference mode)
+        _write_data(data_path, data)
+    return data, data_path, time.perf_counter() - started
+
+
+def cosine_lr(step: int, steps: int, lr: float) -> float:
+    """Linear warm-up over the first few steps, then cosine decay to zero at ``steps``."""
+    warm = min(20, steps // 10 + 1)
+    if step < warm:
+        return lr * (step + 1) / warm
+    return lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+
+
 def train_heads(
     loaded,
     settings: TrainSettings,
@@ -242,30 +277,9 @@ def train_heads(
     lm_head, embed = model.get_output_embeddings(), model.get_input_embeddings()
     hidden_size = int(model.config.get_text_config().hidden_size)
 
-    # ---- data: made once, kept beside the output, reused when it is for the same model and prompts
-    data_key = _digest([DATA_FORMAT, loaded.key, prompts, settings.max_new_tokens, settings.top_labels])
-    data_path = out.with_name(f"training-data-{data_key}.safetensors")  # shared by the methods
-    started = time.perf_counter()
-    data = _read_data(data_path)
-    if data is None:
-        log(f"generating training text: the target answers {len(prompts)} prompts ({data_source})")
-        bar = tqdm(total=len(prompts), desc="data", unit="prompt", disable=not progress)
-
-        def tick(done, total):
-            bar.n = done
-            bar.refresh()
-
-        data = make_data(
-            loaded,
-            prompts,
-            max_new_tokens=settings.max_new_tokens,
-            top_labels=settings.top_labels,
-            progress=tick,
-        )
-        bar.close()
-        data = {k: v.clone() for k, v in data.items()}  # ordinary tensors (made in inference mode)
-        _write_data(data_path, data)
-    data_seconds = time.perf_counter() - started
+    data, data_path, data_seconds = training_data(
+        loaded, prompts, settings.max_new_tokens, settings.top_labels, out, data_source, progress, log
+    )
     n_seq = len(data["start"])
     n_eval = int(n_seq * settings.eval_fraction) if n_seq >= 4 else 0
     train_pos = positions(data, settings.num_heads, range(n_seq - n_eval))
@@ -282,6 +296,7 @@ def train_heads(
     opt = torch.optim.AdamW(heads.parameters(), lr=settings.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(settings.seed)
     ckpt_path = out.with_name(out.name + ".ckpt")
+    data_key = data_path.stem.removeprefix("training-data-")
     run_key = _digest([asdict(settings) | {"steps": 0}, loaded.key, data_key])
     step, losses = 0, []
     resumed = _read_checkpoint(ckpt_path, run_key)
@@ -293,19 +308,13 @@ def train_heads(
         log(f"resuming from {ckpt_path} at step {step}")
     weights = [0.8**k for k in range(settings.num_heads)]
 
-    def lr_at(s: int) -> float:
-        warm = min(20, settings.steps // 10 + 1)
-        if s < warm:
-            return settings.lr * (s + 1) / warm
-        return settings.lr * 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, settings.steps - warm)))
-
     bar = tqdm(
         total=settings.steps, initial=step, desc=f"train {settings.method}", unit="step", disable=not progress
     )
     train_started = time.perf_counter()
     while step < settings.steps:
         for group in opt.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = cosine_lr(step, settings.steps, settings.lr)
         idx = train_pos[torch.randint(len(train_pos), (settings.batch,), generator=gen).to(train_pos.device)]
         per_head = head_losses(head_outputs(heads, embed, data, idx), lm_head, data, idx)
         loss = sum(w * x for w, x in zip(weights, per_head, strict=True))
