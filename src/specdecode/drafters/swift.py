@@ -68,21 +68,21 @@ def _int_list(text: str) -> list[int] | None:
         return None
 
 
-def layer_stack(model):
-    """``(base, layers)`` of a transformers causal LM whose decoder layers swift can run itself,
-    or raises :class:`SpecDecodeError` naming what is missing."""
+def layer_stack(model, method: str = "swift"):
+    """``(base, layers)`` of a transformers causal LM whose decoder layers ``method`` can run
+    itself, or raises :class:`SpecDecodeError` naming what is missing."""
     base = getattr(model, "model", None)
     needed = ("embed_tokens", "layers", "norm", "rotary_emb")
     if base is None or not all(hasattr(base, a) for a in needed) or not hasattr(model, "lm_head"):
         raise SpecDecodeError(
-            f"swift runs the target's own decoder layers, and {type(model).__name__} does not expose "
+            f"{method} runs the target's own decoder layers, and {type(model).__name__} does not expose "
             "them as a transformers decoder-only model does (model.layers, embed_tokens, norm, "
             "rotary_emb, lm_head): use another method"
         )
     kinds = set(getattr(model.config, "layer_types", None) or ["full_attention"])
     if kinds != {"full_attention"}:
         raise SpecDecodeError(
-            f"swift supports models whose layers all use full attention; this one has {sorted(kinds)}"
+            f"{method} supports models whose layers all use full attention; this one has {sorted(kinds)}"
         )
     return base, base.layers
 
