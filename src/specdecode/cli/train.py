@@ -1,4 +1,5 @@
-"""``specdecode train METHOD``: train draft heads (medusa, hydra, clover) for a target model."""
+"""``specdecode train METHOD``: train draft heads (medusa, hydra, clover) or kangaroo's adapter for a
+target model."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from specdecode.cli.common import add_device_arguments, set_threads
 
 DESCRIPTION = """\
 Train the small modules a self-drafting method needs on top of the target model: Medusa,
-Hydra or Clover draft heads on its last hidden state. The target writes its own training
+Hydra or Clover draft heads on its last hidden state, or Kangaroo's adapter (one attention
+block) on the hidden state after its first --exit-layer layers. The target writes its own training
 text (self-distillation): it answers prompts with greedy decoding (by default 64 everyday
 instructions built into specdecode, not the benchmark's prompts; --data gives your own, one
 per line), and at every position of its answers its own next-token distribution is the
@@ -20,7 +22,7 @@ decoding needs.
 
 The result is a safetensors file plus a JSON beside it saying what it was trained on (the
 model's digest, the data, the settings, the steps, the final losses and how often each head's
-top token agrees with the target's on held-out answers). By default it goes where the method
+(or the adapter's) top token agrees with the target's on held-out answers). By default it goes where the method
 looks for it: the specdecode cache folder, heads/<model digest>/<method>.safetensors; a file
 given with --out is used with `--option heads=PATH`. Heads trained for another model are
 refused at generation time.
@@ -34,6 +36,7 @@ examples:
   specdecode train medusa                                # default model, default location
   specdecode generate --method medusa "Explain KV caching."
   specdecode train hydra --steps 800 --threads 2
+  specdecode train kangaroo --exit-layer 2             # then: --method kangaroo
   specdecode train medusa --model path/to/model --data prompts.txt --out heads/medusa.safetensors
   specdecode generate --model path/to/model --method medusa --option heads=heads/medusa.safetensors "Hi\""""
 
@@ -41,12 +44,12 @@ examples:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train",
-        help="train draft heads (medusa, hydra, clover) for a model by self-distillation",
+        help="train draft heads (medusa, hydra, clover) or kangaroo's adapter by self-distillation",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("method", help="what to train: medusa, hydra or clover")
+    p.add_argument("method", help="what to train: medusa, hydra, clover or kangaroo")
     p.add_argument("--model", default=None, help="target model (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument(
         "--data",
@@ -59,9 +62,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--heads", type=int, default=4, help="number of heads, i.e. deepest draft (default: %(default)s)"
     )
-    p.add_argument("--batch", type=int, default=64, help="positions per step (default: %(default)s)")
     p.add_argument(
-        "--lr", type=float, default=3e-3, help="peak learning rate, cosine decay (default: %(default)s)"
+        "--exit-layer",
+        type=int,
+        default=2,
+        help="kangaroo: the target layers below the adapter (default: %(default)s)",
+    )
+    p.add_argument("--batch", type=int, default=None, help="positions per step (default: 64; kangaroo: 256)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate, cosine decay (default: 3e-3; kangaroo: 2e-3)",
     )
     p.add_argument(
         "--max-new-tokens",
@@ -93,20 +105,25 @@ def run(args) -> int:
     from specdecode.errors import SpecDecodeError
     from specdecode.models.loader import load_model
     from specdecode.training.heads import METHODS, default_heads_path
+    from specdecode.training.kangaroo import KangarooSettings, train_adapter
     from specdecode.training.train import TrainSettings, read_prompts, train_heads
 
-    if args.method not in METHODS:
-        raise SpecDecodeError(f"cannot train {args.method!r}: trainable methods are {', '.join(METHODS)}")
-    settings = TrainSettings(
-        args.method,
-        num_heads=args.heads,
-        steps=args.steps,
-        batch=args.batch,
-        lr=args.lr,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-        save_every=args.save_every,
-    )
+    trainable = (*METHODS, "kangaroo")
+    if args.method not in trainable:
+        raise SpecDecodeError(f"cannot train {args.method!r}: trainable methods are {', '.join(trainable)}")
+    common = {
+        "steps": args.steps,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+        "save_every": args.save_every,
+    }
+    common |= {k: v for k, v in (("batch", args.batch), ("lr", args.lr)) if v is not None}
+    if args.method == "kangaroo":
+        settings = KangarooSettings(exit_layer=args.exit_layer, **common)
+        train = train_adapter
+    else:
+        settings = TrainSettings(args.method, num_heads=args.heads, **common)
+        train = train_heads
     settings.check()
     prompts = read_prompts(Path(args.data)) if args.data else None
     set_threads(args.threads)
@@ -124,16 +141,26 @@ def run(args) -> int:
         if not args.quiet:
             print(line, file=sys.stderr, flush=True)
 
-    result = train_heads(
+    result = train(
         loaded, settings, out, prompts=prompts, data_source=source, progress=not args.quiet, log=log
     )
     info = result.info
-    summary = {
-        "heads": str(result.path),
-        "steps": info["steps"],
-        "final_losses": [round(x, 4) for x in info["final_losses"]],
-        "eval_top1_agreement": [round(x, 4) for x in info["eval_top1_agreement"]],
-        "seconds": info["seconds"],
-    }
+    if args.method == "kangaroo":
+        summary = {
+            "adapter": str(result.path),
+            "exit_layer": info["exit_layer"],
+            "steps": info["steps"],
+            "final_loss": round(info["final_loss"], 4),
+            "eval_top1_agreement": round(info["eval_top1_agreement"], 4),
+            "seconds": info["seconds"],
+        }
+    else:
+        summary = {
+            "heads": str(result.path),
+            "steps": info["steps"],
+            "final_losses": [round(x, 4) for x in info["final_losses"]],
+            "eval_top1_agreement": [round(x, 4) for x in info["eval_top1_agreement"]],
+            "seconds": info["seconds"],
+        }
     print(json.dumps(summary, indent=2))
     return 0
