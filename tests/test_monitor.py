@@ -310,6 +310,25 @@ def test_jump_forward_drafts_the_rest_of_a_unique_name(lm, repo):
     assert fast.steps < slow.steps
 
 
+def test_sampling_writes_only_listed_names(lm, repo):
+    """Under sampling every row is masked too (the locally masked distribution): whatever is
+    drawn after the dot is a listed name."""
+    loaded, _ = lm
+    prompt = ids(loaded, CODE)
+    seen = set()
+    for seed in range(6):
+        c = monitor_constraint(loaded, "python", repo, code=CODE)
+        for name in ("ar", "hybrid"):
+            cfg = SamplingConfig(temperature=1.0, seed=seed)
+            r = build_decoder(name, loaded).generate_ids(
+                prompt, max_new_tokens=24, sampling=cfg, constraint=c
+            )
+            written = WORD.match(r.text.encode()).group().decode()
+            assert written in STORE_NAMES and len(written) < len(r.text), (name, seed, r.text)
+            seen.add(written)
+    assert len(seen) > 1  # it samples among the names, not one forced answer
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
