@@ -251,3 +251,18 @@ def test_api_bad_awrs_options_before_loading(monkeypatch):
             specdecode.generate("hi", **kwargs)
         with pytest.raises(SpecDecodeError, match=message):
             list(specdecode.stream("hi", **kwargs))
+
+
+def test_generate_and_stream_through_the_decoder(lm, setting):
+    """The decoder's view: the same seed gives the same answer (stream: one piece, at the end)."""
+    from specdecode.constraints import awrs
+
+    constraint, prompt, ref = setting
+    decoder = build_decoder("ar", lm)
+    kwargs = dict(max_new_tokens=4, sampling=SamplingConfig(1.0, seed=3), constraint=constraint, particles=4)
+    r = awrs.generate(decoder, prompt, **kwargs)
+    (piece,) = list(awrs.stream(decoder, prompt, **kwargs))
+    assert tuple(r.token_ids) in ref["global"] and r.finish_reason == "eos" and r.method_ran == "awrs-smc-4"
+    assert (piece.token_ids, piece.text, piece.finish_reason) == (r.token_ids, r.text, "eos")
+    # one batched forward per token after the prefill, until the longest particle ended
+    assert len(r.token_ids) - 1 <= r.steps <= 3
