@@ -13,9 +13,9 @@ full unconstrained probability. The global distribution weights each sequence by
 of its ``Z``'s relative to the others.
 
 **AWRS, one token** (:func:`awrs_draw`). Tokens are drawn from the *unmasked* ``p`` without
-replacement (inverse-CDF draws, a rejected token skipped); each drawn token is checked with the grammar alone
-(llguidance's per-token check, no vocabulary mask); a rejected token is removed and the next
-one drawn. The first accepted token ``x`` follows the masked distribution exactly. The
+replacement (inverse-CDF draws, a rejected token skipped); each drawn token is checked with
+the grammar alone (llguidance's per-token check, no vocabulary mask); a rejected token is
+removed and the next one drawn. The first accepted token ``x`` follows the masked distribution exactly. The
 weight is the estimate ``W = p(x) + c(y) * (1 - R - p(x))`` of ``Z``, where ``R`` is the mass
 of the rejected tokens and ``y`` is one more token drawn from what is left (``c(y)`` its
 check): every rejected token is known not to count, ``x`` counts fully, and the rest is
@@ -234,7 +234,8 @@ class SmcOutcome:
     checks: int  # grammar checks of single tokens, all particles together
     masks: int  # full masks computed (draws that reached MAX_REJECTS rejections)
     resamples: int
-    log_evidence: float  # log of the unbiased estimate of P(a sequence ending within the limit is valid)
+    # log of the unbiased estimate of P(valid and ended within the limit) under p (nan when K = 1)
+    log_evidence: float
 
 
 class _Rows:
@@ -321,7 +322,8 @@ def smc(loaded, prompt_ids: list[int], constraint, sampling, limit: int, particl
             resamples += 1
         logits = rows.step([o[-1] if o else 0 for o in out])
         forwards += 1
-    evidence = _log_mean_exp(logw) if weighted else math.nan
+    ended_w = [w if d == "eos" else float("-inf") for w, d in zip(logw, done, strict=True)]
+    evidence = _log_mean_exp(ended_w) if weighted else math.nan
     ended = [i for i in range(k) if done[i] == "eos"]
     alive = [i for i in range(k) if done[i] in (None, "eos")]
     pool = ended or alive
