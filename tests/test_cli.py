@@ -241,3 +241,11 @@ def test_threads_option(capsys):
         torch.set_num_threads(before)
     code, out, err = run(capsys, "calibrate", "--threads", "0")
     assert code == 2 and out == "" and err == "specdecode: error: --threads must be >= 1, got 0\n"
+
+
+@pytest.mark.parametrize("command", ["calibrate", "serve"])
+def test_unknown_backend_is_one_line_before_loading(capsys, command):
+    code, _, err = run(capsys, command, "--backend", "onnx")
+    assert code == 2
+    assert "unknown backend 'onnx'" in err and "transformers or llama.cpp" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -323,3 +323,36 @@ def test_float_copies_of_a_quantized_gguf(tiny, tmp_path):
     # the F32 copy runs the Q8_0 file's weights (llama.cpp multiplies Q8_0 weights with
     # activations rounded to 8 bits, hence the tolerance)
     torch.testing.assert_close(_alone(f32, PROMPT), _alone(q, PROMPT), atol=0.25, rtol=0)
+
+
+def test_latency_curve_on_the_backend(llama):
+    """`specdecode calibrate --backend llama.cpp` measures llama.cpp's own forward: the curve
+    is keyed by the backend's model key and is monotone in n and context."""
+    from specdecode import cost
+
+    c = cost.calibrate(llama, ns=[1, 2, 4], repeats=1, context_len=16)
+    assert c.model_key == llama.key and c.ns == [1, 2, 4]
+    assert all(s > 0 for s in c.seconds) and c.seconds == sorted(c.seconds)
+    # the model is usable afterwards: greedy decoding still equals llama.cpp's own
+    from specdecode.engine import build_decoder
+
+    r = build_decoder("pld", llama).generate_ids(PROMPT, max_new_tokens=8)
+    assert r.new_tokens == 8
+
+
+def test_quantized_file_runs_without_extra_buffer_types(tiny, tmp_path):
+    """A Q8_0 file through the backend and through llama.cpp's own greedy decoding, both loaded
+    without AMX/repacked weight buffers (llama.cpp's AMX matmul crashes on quantized weights on
+    AMX CPUs): the two decode it alike."""
+    from specdecode.backends.llamacpp import model_params
+
+    assert model_params().use_extra_bufts is False and model_params().n_gpu_layers == 0
+    q8 = tmp_path / "tiny-q8.gguf"
+    write_tiny_gguf(tiny, q8, "Q8_0")
+    model = _open(q8, tiny.tokenizer)
+    plain = LlamaCppBaseline("llama-ar", model)
+    want = plain.generate_ids(PROMPT, max_new_tokens=24, sampling=SamplingConfig()).token_ids
+    assert build_decoder("ar", model).generate_ids(PROMPT, max_new_tokens=24).token_ids == want
+    import llama_cpp.llama_cpp as low
+
+    assert low.llama_model_default_params().use_extra_bufts is True  # the patch was undone

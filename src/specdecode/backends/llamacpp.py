@@ -86,6 +86,19 @@ def llama_cpp_module():
     return _LIB
 
 
+def model_params(lib=None):
+    """llama.cpp's model parameters as this backend (and its llama.cpp baselines) load every
+    file with: on the CPU, and without extra weight buffer types. Those are AMX and repacked
+    weights; llama.cpp's AMX matmul crashes (SIGSEGV in ggml_backend_amx_mul_mat,
+    ggml-org/llama.cpp#20824) on quantized weights on CPUs with AMX, as on this project's
+    Intel Xeon VMs with the Q4_1 and Q8_0 files."""
+    lib = lib or llama_cpp_module()
+    params = lib.llama_model_default_params()
+    params.n_gpu_layers = 0
+    params.use_extra_bufts = False
+    return params
+
+
 def default_threads() -> int:
     """llama.cpp's thread count: torch's (``--threads`` sets it; by default one per core). On a
     machine other processes keep busy, fewer threads than cores can be much faster: llama.cpp's
@@ -268,8 +281,7 @@ class LlamaCppModel(LoadedModel):
         """Load GGUF ``path`` into llama.cpp (memory-mapped, CPU) with ``tokenizer``."""
         lib = llama_cpp_module()
         path = Path(path)
-        params = lib.llama_model_default_params()
-        params.n_gpu_layers = 0
+        params = model_params(lib)
         handle = lib.llama_model_load_from_file(str(path).encode(), params)
         if not handle:
             raise SpecDecodeError(f"llama.cpp could not load '{path}' (not a model it supports, or damaged)")

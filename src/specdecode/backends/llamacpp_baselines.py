@@ -14,10 +14,14 @@ transformers baselines do (:func:`specdecode.bench.baselines.committed_per_forwa
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 
 from specdecode.backends import backend_of
 from specdecode.errors import SpecDecodeError
+
+_PATCH_LOCK = threading.Lock()
 
 
 class LlamaCppBaseline:
@@ -40,14 +44,15 @@ class LlamaCppBaseline:
             raise SpecDecodeError(f"{loaded.name} has no end-of-sequence token; {name} cannot stop on it")
         draft = LlamaPromptLookupDecoding(**prompt_lookup) if prompt_lookup is not None else None
         try:
-            self.llm = Llama(
-                model_path=str(loaded.path), n_ctx=loaded.n_ctx, n_batch=N_BATCH, n_ubatch=N_BATCH,
-                n_threads=loaded.n_threads, n_threads_batch=loaded.n_threads, n_gpu_layers=0,
-                flash_attn=loaded.flash_attn, draft_model=draft, verbose=False,
-                # with a draft model it keeps every row's logits, but sizes their buffer for
-                # n_ctx rows only when asked here (else n_batch: a longer prompt overflows it)
-                logits_all=draft is not None,
-            )  # fmt: skip
+            with _our_model_params():
+                self.llm = Llama(
+                    model_path=str(loaded.path), n_ctx=loaded.n_ctx, n_batch=N_BATCH, n_ubatch=N_BATCH,
+                    n_threads=loaded.n_threads, n_threads_batch=loaded.n_threads, n_gpu_layers=0,
+                    flash_attn=loaded.flash_attn, draft_model=draft, verbose=False,
+                    # with a draft model it keeps every row's logits, but sizes their buffer for
+                    # n_ctx rows only when asked here (else n_batch: a longer prompt overflows it)
+                    logits_all=draft is not None,
+                )  # fmt: skip
         except Exception as e:
             raise SpecDecodeError(f"{name}: llama-cpp-python could not load {loaded.path}: {e}") from None
         _logger.logger.setLevel(logging.CRITICAL)  # Llama() set its own level
@@ -83,6 +88,24 @@ class LlamaCppBaseline:
         per_forward = committed_per_forward(self._lengths, len(prompt_ids), len(prompt_ids) + len(out))
         lengths = per_forward[1:] if per_forward and all(n >= 1 for n in per_forward) else None
         return RunOutput(out, lengths, finish)
+
+
+@contextlib.contextmanager
+def _our_model_params():
+    """``Llama()`` loading with the backend's model parameters
+    (:func:`specdecode.backends.llamacpp.model_params`): llama-cpp-python's ``Llama`` takes
+    them from ``llama_model_default_params()`` and has no argument for the extra buffer types."""
+    import llama_cpp.llama_cpp as low
+
+    from specdecode.backends.llamacpp import model_params
+
+    with _PATCH_LOCK:
+        default = low.llama_model_default_params
+        low.llama_model_default_params = lambda: model_params()
+        try:
+            yield
+        finally:
+            low.llama_model_default_params = default
 
 
 def llama_factory(name: str, *, lookup: bool):

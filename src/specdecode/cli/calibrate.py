@@ -40,6 +40,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default=None, help="target model (default: the embedded SmolLM2-135M-Instruct)")
     add_device_arguments(p, threads_help="torch CPU threads (default: torch's choice)")
+    from specdecode.backends import add_backend_argument
+
+    add_backend_argument(p)
     p.add_argument(
         "--max-n", type=int, default=64, help="largest number of tokens scored at once (default: %(default)s)"
     )
@@ -72,9 +75,12 @@ def run(args) -> int:
         raise SpecDecodeError(f"--max-n must be >= 1, got {args.max_n}")
     if args.repeats < 1:
         raise SpecDecodeError(f"--repeats must be >= 1, got {args.repeats}")
+    from specdecode.backends import check_backend
+
+    backend = check_backend(args.backend)
     contexts = _parse_contexts(args.contexts)
     set_threads(args.threads)
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype, backend=backend)
     path = cost.calibration_path(loaded)
     cached = None if args.recalibrate else cost.read_cached(loaded, max_n=args.max_n, path=path)
     if cached is None:

@@ -64,6 +64,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=int, default=None, help="torch threads for the forwards (default: torch's)"
     )
+    from specdecode.backends import add_backend_argument
+
+    add_backend_argument(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
     return p
@@ -84,8 +87,10 @@ def _check(args) -> dict:
         raise SpecDecodeError(f"--threads must be >= 1, got {args.threads}")
     if args.shutdown_timeout < 0:
         raise SpecDecodeError(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
+    from specdecode.backends import check_backend
     from specdecode.registry import get_method, parse_option_strings
 
+    args.backend = check_backend(args.backend)
     spec = get_method(args.method)
     options = spec.parse_options(parse_option_strings(args.option))
     if spec.needs_draft and not args.draft:
@@ -140,7 +145,7 @@ def _app(args, options: dict, template: str | None):
         import torch
 
         torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
     draft = load_model(args.draft, device=str(loaded.device), dtype=args.dtype) if args.draft else None
     if template is not None:
         loaded.tokenizer.chat_template = template
