@@ -8,7 +8,7 @@ code so far (the prompt's code, when it is code, plus the answer) against the re
 the names it lists are the only identifiers the model may write next: each token must continue
 one of them, and the identifier may end (a token with a non-identifier byte) only where it is
 one of them whole. Completions are computed once per trigger point (keyed by the code up to
-and including its dot) and cached for the generation.
+and including its dot) and cached for the constraint's lifetime (one API call).
 
 **Everywhere else nothing is constrained**: between trigger points, and at a trigger point
 where jedi lists nothing (an object of unknown type), every token is allowed, so the output
@@ -75,7 +75,7 @@ def check_monitor(language: str | None, repo) -> Path:
 # ---- the static analyzer ----------------------------------------------------------------------
 class Monitor:
     """jedi over one repository: the names valid after an attribute-access dot, cached per
-    trigger point for the generation that owns this monitor."""
+    trigger point for the constraint that owns this monitor."""
 
     def __init__(self, repo: Path) -> None:
         import jedi
@@ -183,7 +183,7 @@ class _Site:
 class TokenTable:
     """Each token's bytes, indexed for the masks (built once per tokenizer)."""
 
-    texts: tuple[bytes, ...]  # [vocab] (b"" for special tokens)
+    texts: tuple[bytes, ...]  # [vocab] (b"" for special tokens, and any llguidance has no bytes for)
     special: torch.Tensor  # bool [vocab]
     by_text: dict[bytes, tuple[int, ...]]
     ordered: tuple[bytes, ...]  # the non-special texts, sorted (for prefix search)
