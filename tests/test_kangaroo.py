@@ -150,6 +150,11 @@ def test_loss_falls_and_the_saved_adapter_reproduces_its_predictions(lm, adapter
     # the loss cannot fall below the labels' own entropy, high for this tiny random model
     assert info["steps"] == 40 and info["final_loss"] < 0.93 * adapter_file.losses[0][0]
     assert info["eval_top1_agreement"] > info["eval_top1_agreement_untrained"]
+    # the adapter kept is the best one on the held-out text, judged every save_every steps
+    assert [step for step, _ in info["eval_curve"]] == [10, 20, 30, 40]
+    best = max(score for _, score in info["eval_curve"])
+    assert info["eval_top1_agreement"] == pytest.approx(best, abs=1e-4)
+    assert dict(info["eval_curve"])[info["kept_step"]] == best
     assert not adapter_file.path.with_name("k.safetensors.ckpt").exists()
 
     adapter, _ = load_adapter(adapter_file.path, lm)

@@ -18,7 +18,9 @@ Training (:func:`train_adapter`): the same self-distilled text and labels as the
 its top-``top_labels`` next-token distributions at every position); the exit-layer states of
 every sequence computed once; each step runs the adapter over ``seqs`` whole sequences and
 takes the cross-entropy against the target's distribution at ``batch`` answer positions drawn
-among them. Files: safetensors + a JSON sidecar naming the model, the exit layer and the data
+among them. Every ``save_every`` steps the adapter's top-1 agreement with the target on the
+held-out sequences is measured, and the best adapter so far is the one saved (early stopping:
+on a small text the adapter overfits within a few hundred steps). Files: safetensors + a JSON sidecar naming the model, the exit layer and the data
 (:func:`save_adapter`, :func:`load_adapter`), at the heads' default location
 (:func:`specdecode.training.heads.default_heads_path`, ``kangaroo.safetensors``).
 """
@@ -248,6 +250,34 @@ class KangarooSettings:
             raise SpecDecodeError(f"the exit layer must be >= 1{top}, got {self.exit_layer}")
 
 
+class _Kept(nn.Module):
+    """The adapter in training and the best one so far by held-out agreement (one module, so
+    that a checkpoint holds both)."""
+
+    def __init__(self, adapter: Adapter, evals: int) -> None:
+        super().__init__()
+        import copy
+
+        self.now = adapter
+        self.best = copy.deepcopy(adapter)
+        self.register_buffer("score", torch.tensor(-1.0, dtype=torch.float64))
+        self.register_buffer("best_step", torch.tensor(0))
+        self.register_buffer("curve", torch.full((evals, 2), float("nan"), dtype=torch.float64))
+
+    @torch.no_grad()
+    def judge(self, step: int, score: float) -> None:
+        row = int(torch.isnan(self.curve[:, 0]).logical_not().sum())
+        if row < len(self.curve):
+            self.curve[row] = torch.tensor([step, score], dtype=torch.float64)
+        if score > float(self.score):
+            self.score.fill_(score)
+            self.best_step.fill_(step)
+            self.best.load_state_dict(self.now.state_dict())
+
+    def history(self) -> list[list[float]]:
+        return [[int(a), round(float(b), 4)] for a, b in self.curve.tolist() if a == a]
+
+
 @torch.no_grad()
 def exit_states(loaded, data, exit_layer: int) -> list[torch.Tensor]:
     """Per sequence of ``data``: its exit-layer states ``[length, hidden]``."""
@@ -351,20 +381,23 @@ def train_adapter(
         raise SpecDecodeError("the training text is too short for the adapter: give more or longer prompts")
 
     adapter = new_adapter(model).to(loaded.device, loaded.dtype)
+    first_eval = agreement(adapter, base, lm_head, data, states, eval_seqs)  # the plain early exit
+    # The adapter overfits a small training text fast (it attends over whole sequences): the one
+    # kept is the one with the best held-out agreement, measured every save_every steps.
+    kept = _Kept(adapter, settings.steps // settings.save_every + 1)
     opt = torch.optim.AdamW(adapter.parameters(), lr=settings.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(settings.seed)
     ckpt_path = out.with_name(out.name + ".ckpt")
     data_key = data_path.name
-    run_key = common._digest([METHOD, asdict(settings) | {"steps": 0}, loaded.key, data_key])
+    run_key = common._digest([METHOD, 2, asdict(settings) | {"steps": 0}, loaded.key, data_key])
     step, losses = 0, []
     resumed = common._read_checkpoint(ckpt_path, run_key)
     if resumed is not None:
-        adapter.load_state_dict(resumed["heads"])
+        kept.load_state_dict(resumed["heads"])
         opt.load_state_dict(resumed["opt"])
         gen.set_state(resumed["rng"])
         step, losses = int(resumed["step"]), resumed["losses"]
         log(f"resuming from {ckpt_path} at step {step}")
-    first_eval = agreement(adapter, base, lm_head, data, states, eval_seqs) if step == 0 else None
 
     bar = tqdm(total=settings.steps, initial=step, desc="train kangaroo", unit="step", disable=not progress)
     train_started = time.perf_counter()
@@ -396,10 +429,15 @@ def train_adapter(
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1][0]:.3f}")
+        if step % settings.save_every == 0 or step == settings.steps:
+            kept.judge(step, agreement(adapter, base, lm_head, data, states, eval_seqs) if eval_seqs else 0.0)
         if step % settings.save_every == 0 and step < settings.steps:
-            common._write_checkpoint(ckpt_path, run_key, adapter, opt, gen, step, losses)
+            common._write_checkpoint(ckpt_path, run_key, kept, opt, gen, step, losses)
     bar.close()
     train_seconds = time.perf_counter() - train_started
+    curve = kept.history()
+    if eval_seqs:
+        adapter = kept.best
     adapter.eval()
     tail = losses[-min(20, len(losses)) :]
     check_seq = eval_seqs[0] if eval_seqs else train_seqs[0]
@@ -426,6 +464,8 @@ def train_adapter(
         "first_loss": losses[0][0] if losses else None,
         "eval_top1_agreement_untrained": first_eval,
         "eval_top1_agreement": agreement(adapter, base, lm_head, data, states, eval_seqs),
+        "kept_step": int(kept.best_step) if eval_seqs else step,
+        "eval_curve": curve,
         "check": {
             "sequence": check_seq,
             "top1": predictions(adapter, base, lm_head, data, states, check_seq)[:32],
