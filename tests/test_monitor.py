@@ -171,6 +171,15 @@ def test_jedi_names_at_a_dot(oracle):
         assert not oracle((HEAD + where).encode()), where
 
 
+def test_a_chat_reply_is_read_from_its_last_code_block():
+    from specdecode.constraints.monitor import _code_part
+
+    assert _code_part("x = 1\nx.") == "x = 1\nx."  # a raw completion: all of it
+    assert _code_part("Sure:\n```python\nimport os\nos.") == "import os\nos."
+    assert _code_part("```python\nstore.") == "store."
+    assert _code_part("```py\na = 1\n```\nthen\n```python\nb.") == "b."
+
+
 def test_mask_equals_the_reference_at_every_state(lm, repo, oracle):
     loaded, texts = lm
     c = monitor_constraint(loaded, "python", repo, code=CODE)
