@@ -50,7 +50,8 @@ CODE = HEAD + "store.sell_item(1)\nstore.restock_from_supplier(None, {})\nstore.
 STORE_NAMES = {"name", "stock", "restock_from_supplier", "sell_item_v3"}
 # merges that make multi-byte tokens, some with a dot inside (checked past the dot)
 MERGES = [("s", "t"), ("st", "o"), ("r", "e"), ("re", "s"), ("o", "c"), ("e", "l"), ("_", "_"),
-          (")", "."), (".", "_"), ("(", ")"), ("()", "."), ("n", "a"), ("na", "m")]  # fmt: skip
+          (")", "."), (".", "_"), ("(", ")"), ("()", "."), ("n", "a"), ("na", "m"),
+          ("S", "t"), ("St", "o"), ("Sto", "r"), ("Stor", "e"), ("Ġ", "S"), ("Ġ", "Store"), (",", "Ġ")]  # fmt: skip
 
 
 def code_tokenizer():
@@ -104,24 +105,43 @@ def oracle(repo):
 WORD = re.compile(rb"[A-Za-z0-9_\x80-\xff]*")
 
 
-def reference_ok(names_at, code: bytes, answer: bytes, ended: bool = False) -> bool:
-    """Whether ``answer`` (then the end, if ``ended``) may follow ``code``: after every
-    attribute-access dot whose name reaches into the answer, a name jedi lists (or a prefix
-    of one where the text ends there); dots where jedi lists nothing constrain nothing."""
-    text = code + answer
+IMPORT_LINE = re.compile(rb"[ \t]*from[ \t]+\.*[\w.]*[ \t]+import (?:[A-Za-z_]\w*, )*")
+
+
+def triggers(text: bytes):
+    """Every trigger point of ``text``: (index of its byte, whether ``(`` or ``*`` may come
+    instead of a name).
+    An attribute-access dot (after a name not starting with a digit, ``)`` or ``]``), or the
+    space ending ``from m import `` or a ``, `` after names in such a line."""
     for m in re.finditer(rb"(?<=[A-Za-z0-9_)\]])\.", text):
         i = m.start()
+        before = re.search(rb"[A-Za-z0-9_\x80-\xff]*\Z", text[:i]).group()
+        if not before[:1].isdigit():
+            yield i, False
+    for m in re.finditer(rb" ", text):
+        i = m.start()
+        if IMPORT_LINE.fullmatch(text, text.rfind(b"\n", 0, i) + 1, i + 1):
+            yield i, True
+
+
+def reference_ok(names_at, code: bytes, answer: bytes, ended: bool = False) -> bool:
+    """Whether ``answer`` (then the end, if ``ended``) may follow ``code``: after every trigger
+    point whose name reaches into the answer, a name jedi lists there (or a prefix of one where
+    the text ends); trigger points where jedi lists nothing constrain nothing."""
+    text = code + answer
+    for i, empty_ok in triggers(text):
         name = WORD.match(text, i + 1).group()
         if i + 1 + len(name) < len(code):
             continue  # a name the prompt wrote in full
-        before = WORD.fullmatch(text, re.search(rb"[A-Za-z0-9_\x80-\xff]*\Z", text[:i]).start(), i).group()
-        if before[:1].isdigit():
-            continue  # a number: 1.
         names = names_at(text[: i + 1])
         if not names:
             continue
         at_end = i + 1 + len(name) == len(text) and not ended
-        if not (any(n.startswith(name) for n in names.sorted) if at_end else name in names.whole):
+        if at_end:
+            ok = any(n.startswith(name) for n in names.sorted)
+        else:
+            ok = name in names.whole or (empty_ok and not name and text[i + 1 : i + 2] in (b"(", b"*"))
+        if not ok:
             return False
     return True
 
@@ -163,12 +183,18 @@ def ids(lm, code: str) -> list[int]:
 
 
 # ---- tests ----------------------------------------------------------------------------------------
-def test_jedi_names_at_a_dot(oracle):
+IMPORTING = "import os\nfrom shop import "
+
+
+def test_jedi_names_at_a_dot_and_after_import(oracle):
     assert STORE_NAMES <= set(n.decode() for n in oracle((HEAD + "store.").encode()).sorted)
     assert b"sell_item" not in oracle((HEAD + "store.").encode()).whole
     assert not oracle(b"def f(a):\n    a.")  # a type jedi cannot tell: nothing constrained
     for where in ("# a comment on store.", "x = 'store.", "x = 1."):  # not attribute access
         assert not oracle((HEAD + where).encode()), where
+    assert b"Store" in oracle(IMPORTING.encode()).whole  # what the module defines
+    assert b"Store" in oracle(b"from shop import Store, ").whole
+    assert not oracle(b"# from shop import ")
 
 
 def test_a_chat_reply_is_read_from_its_last_code_block():
@@ -197,6 +223,23 @@ def test_mask_equals_the_reference_at_every_state(lm, repo, oracle):
         m.rollback(len(ids(loaded, answer)))
     outside = monitor_constraint(loaded, "python", repo, code=HEAD).matcher().mask()
     assert outside.all()  # outside trigger points the mask allows everything
+    # "from shop import": a name from shop after a space (" Store" is one token), or ( or *
+    for code, answers in (
+        ("import os\nfrom shop import", ["", " S", " Store", " Store, ", " Store,", " (", " *", " Store as"]),
+    ):
+        m = monitor_constraint(loaded, "python", repo, code=code).matcher()
+        for answer in answers:
+            assert m.consume_tokens(ids(loaded, answer)), answer
+            mask = m.mask()
+            want = [
+                reference_ok(oracle, code.encode(), answer.encode() + texts[t]) for t in range(len(texts))
+            ]
+            want[0] = reference_ok(oracle, code.encode(), answer.encode(), ended=True)
+            assert mask.tolist() == want, answer
+            m.rollback(len(ids(loaded, answer)))
+        assert m.mask()[ids(loaded, " Store")[0]]
+        assert m.consume_tokens(ids(loaded, " "))
+        assert not m.mask()[ids(loaded, "x")[0]] and m.mask()[ids(loaded, "Store")[0]]
 
 
 def test_greedy_equals_monitored_greedy_for_every_drafter(lm, repo, oracle):
@@ -214,6 +257,18 @@ def test_greedy_equals_monitored_greedy_for_every_drafter(lm, repo, oracle):
     assert name in STORE_NAMES and len(name) < len(text)
     free = build_decoder("ar", loaded).generate_ids(prompt, max_new_tokens=40)
     assert WORD.match(free.text.encode()).group().decode() not in STORE_NAMES
+
+
+def test_from_import_writes_a_name_the_module_defines(lm, repo, oracle):
+    loaded, texts = lm
+    prompt = ids(loaded, IMPORTING)
+    want, why = monitored_greedy(loaded, texts, oracle, IMPORTING, prompt, 24)
+    c = monitor_constraint(loaded, "python", repo, code=IMPORTING)
+    for name in ("ar", "pld", "hybrid", "lookahead"):
+        r = build_decoder(name, loaded).generate_ids(prompt, max_new_tokens=24, constraint=c)
+        assert (r.token_ids, r.finish_reason) == (want, why), name
+    text = loaded.tokenizer.decode(want, skip_special_tokens=True).encode()
+    assert WORD.match(text).group() in oracle(IMPORTING.encode()).whole or not text[:1].isalnum()
 
 
 def test_outside_trigger_points_the_output_is_unconstrained(lm, repo, oracle):
@@ -319,7 +374,7 @@ def test_jump_forward_drafts_the_rest_of_a_unique_name(lm, repo):
     assert fast.steps < slow.steps
 
 
-def test_sampling_writes_only_listed_names(lm, repo):
+def test_sampling_writes_only_listed_names(lm, repo, oracle):
     """Under sampling every row is masked too (the locally masked distribution): whatever is
     drawn after the dot is a listed name."""
     loaded, _ = lm
@@ -333,7 +388,8 @@ def test_sampling_writes_only_listed_names(lm, repo):
                 prompt, max_new_tokens=24, sampling=cfg, constraint=c
             )
             written = WORD.match(r.text.encode()).group().decode()
-            assert written in STORE_NAMES and len(written) < len(r.text), (name, seed, r.text)
+            ended = len(written) < len(r.text) or r.finish_reason == "eos"  # the name is whole
+            assert written.encode() in oracle(CODE.encode()).whole and ended, (name, seed, r.text)
             seen.add(written)
     assert len(seen) > 1  # it samples among the names, not one forced answer
 

@@ -118,8 +118,8 @@ MONITOR_HELP = """\
 monitor-guided decoding (code completion that only uses names the repository defines):
   specdecode generate --raw --monitor python --repo ./shop --max-new-tokens 16 "$(cat head.py)"
 (head.py: the start of a file in ./shop, ending for instance with "store.")
-After an attribute-access dot, jedi lists the names the object has (the code so far plus the
-repository); the model may only write one of them. Elsewhere nothing is constrained. With
+After an attribute-access dot (and after "from m import "), jedi lists the names the object
+(or module) has, from the code so far plus the repository; the model may only write one of them. Elsewhere nothing is constrained. With
 --raw the prompt is the code the answer continues; without it, the code is the reply's last
 ``` block. Every method still drafts; greedy output equals greedy decoding with the monitor's
 mask at every step."""

@@ -3,7 +3,9 @@ Global Context using Monitors", NeurIPS 2023): a static analyzer, consulted at t
 says which identifiers may come next.
 
 **Trigger points.** A ``.`` of attribute access (``ledger.``: after a name, ``)`` or ``]``, in
-code, not in a string, a comment or a number) is a trigger point. There jedi completes the
+code, not in a string, a comment or a number) is a trigger point, and so is the space that
+ends ``from pkg.mod import `` (or a ``, `` after names on such a line, where ``(`` and ``*``
+may also come). There jedi completes the
 code so far (the prompt's code, when it is code, plus the answer) against the repository, and
 the names it lists are the only identifiers the model may write next: each token must continue
 one of them, and the identifier may end (a token with a non-identifier byte) only where it is
@@ -30,6 +32,7 @@ names before scoring, the rest of a name that only one completion fits is drafte
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from bisect import bisect_left
@@ -48,7 +51,10 @@ _WORD = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234567
 IDENT = _WORD | frozenset(range(0x80, 0x100))  # identifier bytes (non-ASCII: part of a letter)
 _DIGITS = frozenset(b"0123456789")
 _OWNERS = _WORD | frozenset(b")]")  # what an attribute-access dot follows
-_DOT = ord(".")
+_DOT, _SPACE = ord("."), ord(" ")
+_INSTEAD = frozenset(b"(*")  # what may follow "from m import " instead of a name
+# a from-import line up to a point where a name comes next: "from pkg.mod import " or "..., "
+_IMPORT_LINE = re.compile(rb"[ \t]*from[ \t]+\.*[\w.]*[ \t]+import (?:[A-Za-z_]\w*, )*")
 _BAD = object()  # a simulated state the monitor forbids
 _JEDI = threading.Lock()  # jedi keeps process-wide caches: one completion at a time
 
@@ -108,9 +114,12 @@ class Monitor:
         with _JEDI:
             self.calls += 1
             end = self._grammar.parse(text, error_recovery=True).get_last_leaf()  # the end marker
-            dot = end.get_previous_leaf()
-            if end.prefix or dot is None or dot.type != "operator" or dot.value != ".":
-                return ()  # the dot is in a comment, a string or a number
+            last = end.get_previous_leaf()
+            if text.endswith("."):
+                if end.prefix or last is None or last.type != "operator" or last.value != ".":
+                    return ()  # the dot is in a comment, a string or a number
+            elif end.prefix != " " or last is None or (last.type, last.value) not in _IMPORT_LEAVES:
+                return ()  # "import " or ", " not in code
             try:
                 found = jedi.Script(text, path=self.path, project=self.project).complete(line, column)
             except Exception:  # jedi's inference has its own bugs: treat as "knows nothing"
@@ -124,6 +133,9 @@ class Monitor:
                 }
             )
         )
+
+
+_IMPORT_LEAVES = {("keyword", "import"), ("operator", ",")}
 
 
 def _code_part(text: str) -> str:
@@ -164,12 +176,18 @@ class Names:
 
 
 class _Site:
-    """A trigger point: the code up to its dot; its names asked of jedi only when needed."""
+    """A trigger point: the code up to its dot (or the space after ``import``); its names asked
+    of jedi only when needed. ``empty_ok``: ``(`` or ``*`` may come instead of a name
+    (``from m import (``)."""
 
-    __slots__ = ("monitor", "code", "_names")
+    __slots__ = ("monitor", "code", "empty_ok", "_names")
 
-    def __init__(self, monitor: Monitor, code: bytes) -> None:
-        self.monitor, self.code, self._names = monitor, code, None
+    def __init__(self, monitor: Monitor, code: bytes, empty_ok: bool = False) -> None:
+        self.monitor, self.code, self.empty_ok, self._names = monitor, code, empty_ok, None
+
+    def ends(self, part: bytes, byte: int | None = None) -> bool:
+        """Whether the name may end after ``part``, followed by ``byte`` (None: the end)."""
+        return part in self.names.whole or (self.empty_ok and not part and byte in _INSTEAD)
 
     @property
     def names(self) -> Names:
@@ -189,7 +207,9 @@ class TokenTable:
     ordered: tuple[bytes, ...]  # the non-special texts, sorted (for prefix search)
     ordered_ids: tuple[int, ...]
     opens_free: torch.Tensor  # bool [vocab]: not special, first byte outside identifiers
-    dotted: tuple[int, ...]  # tokens with a dot before their last byte: simulated one by one
+    dotted: tuple[int, ...]  # tokens that may open a trigger before their last byte: simulated
+    spaced: torch.Tensor  # bool [vocab]: tokens that begin with a space
+    space_then_free: torch.Tensor  # bool [vocab]: a space, then a byte outside identifiers
     eos_tokens: tuple[int, ...] = ()  # (what the Guide reads of a tokenizer: no grammar-only EOS)
 
     @property
@@ -208,10 +228,13 @@ def _table(llg_tok) -> TokenTable:
             by_text.setdefault(t, []).append(i)
     pairs = sorted((t, i) for i, t in enumerate(texts) if t)
     opens_free = torch.tensor([bool(t) and t[0] not in IDENT for t in texts], dtype=torch.bool)
-    dotted = tuple(i for i, t in enumerate(texts) if _DOT in t[:-1])
+    inner = re.compile(rb"(?:\.|[,t] ).", re.S)  # a dot, or a space after "import"/",", then more
+    dotted = tuple(i for i, t in enumerate(texts) if inner.search(t))
+    spaced = torch.tensor([t[:1] == b" " for t in texts], dtype=torch.bool)
+    space_then_free = torch.tensor([t[:1] == b" " and len(t) > 1 and t[1] not in IDENT for t in texts])
     return TokenTable(
         texts, special, {t: tuple(v) for t, v in by_text.items()},
-        tuple(t for t, _ in pairs), tuple(i for _, i in pairs), opens_free, dotted,
+        tuple(t for t, _ in pairs), tuple(i for _, i in pairs), opens_free, dotted, spaced, space_then_free,
     )  # fmt: skip
 
 
@@ -273,14 +296,20 @@ class MonitorMatcher:
 
     def _start(self, code: bytes):
         """The state at the end of the given code: inside a name after a trigger point where the
-        code ends with ``obj.`` or ``obj.na`` (unconstrained where ``na`` begins no name)."""
+        code ends with ``obj.``, ``obj.na`` or ``from m import na`` (unconstrained where ``na``
+        begins no name)."""
         word = len(code)
         while word > 0 and code[word - 1] in IDENT:
             word -= 1
-        dot = word - 1
-        if dot < 0 or code[dot] != _DOT or not _owner_before(bytearray(code[:dot]), b".", 0):
+        at = word - 1  # the trigger's byte, if any
+        if at < 0:
             return None
-        state = (_Site(self.monitor, code[: dot + 1]), b"")
+        if code[at] == _DOT and _owner_before(bytearray(code[:at]), b".", 0):
+            state = (_Site(self.monitor, code[: at + 1]), b"")
+        elif code[at] == _SPACE and _import_open(bytearray(code[:at]), b" ", 0):
+            state = (_Site(self.monitor, code[: at + 1], empty_ok=True), b"")
+        else:
+            return None
         state = self._run(state, code[word:])
         return None if state is _BAD else state
 
@@ -289,7 +318,7 @@ class MonitorMatcher:
         """The state after ``text`` follows the code at ``state``, or ``_BAD``."""
         code = self.code
         if special:  # a special token ends an identifier like a non-identifier byte would
-            if state is not None and state[0].names and state[1] not in state[0].names.whole:
+            if state is not None and state[0].names and not state[0].ends(state[1]):
                 return _BAD
             return None
         for i, b in enumerate(text):
@@ -304,12 +333,14 @@ class MonitorMatcher:
                         return _BAD
                     state = (site, part)
                     continue
-                elif part not in names.whole:
+                elif not site.ends(part, b):
                     return _BAD
                 else:
                     state = None
             if b == _DOT and _owner_before(code, text, i):
                 state = (_Site(self.monitor, bytes(code) + text[: i + 1]), b"")
+            elif b == _SPACE and _import_open(code, text, i):
+                state = (_Site(self.monitor, bytes(code) + text[: i + 1], empty_ok=True), b"")
         return state
 
     def _text(self, token: int) -> tuple[bytes, bool]:
@@ -353,7 +384,7 @@ class MonitorMatcher:
     def is_accepting(self) -> bool:
         """The answer may end here (not in the middle of a monitored name)."""
         s = self.state
-        return s is None or not s[0].names or s[1] in s[0].names.whole
+        return s is None or not s[0].names or s[0].ends(s[1])
 
     def is_error(self) -> bool:
         return False
@@ -383,33 +414,53 @@ class MonitorMatcher:
             s = None
         if s is None:
             mask = torch.ones(len(t.texts), dtype=torch.bool)
+            if _import_open(self.code, b" ", 0):  # "from m import": a leading space opens a trigger
+                site = _Site(self.monitor, bytes(self.code) + b" ", empty_ok=True)
+                if site.names:
+                    mask[t.spaced] = False
+                    self._allow(mask, site, b"", b" ")
         else:
-            site, part = s
             mask = torch.zeros(len(t.texts), dtype=torch.bool)
-            ids: set[int] = set()
-            for name in site.names.starting(part):
-                rest = name[len(part) :]
-                for k in range(1, len(rest) + 1):  # tokens inside the name
-                    ids.update(t.by_text.get(rest[:k], ()))
-                if not rest:  # the name is whole: any token that ends it
-                    mask |= t.opens_free
-                    continue
-                j = bisect_left(t.ordered, rest)  # tokens that finish it and go on
-                while j < len(t.ordered) and t.ordered[j].startswith(rest):
-                    text = t.ordered[j]
-                    if len(text) > len(rest) and text[len(rest)] not in IDENT:
-                        ids.add(t.ordered_ids[j])
-                    j += 1
-            if ids:
-                mask[list(ids)] = True
+            self._allow(mask, s[0], s[1], b"")
             mask[t.special] = self.is_accepting()
-        for token in t.dotted:  # a dot inside the token: what follows it is checked too
+        for token in t.dotted:  # a trigger inside the token: what follows it is checked too
             mask[token] = self._run(self.state, t.texts[token]) is not _BAD
         accepting = self.is_accepting()
         for e in self.c.eos:
             if e < len(mask):
                 mask[e] = accepting
         return mask
+
+    def _allow(self, mask: torch.Tensor, site: _Site, part: bytes, lead: bytes) -> None:
+        """Set in ``mask`` the tokens ``lead`` + a valid continuation of the name ``part`` at
+        ``site``: inside a name, or finishing one and going on with a non-identifier byte."""
+        t = self.table
+        ids: set[int] = set(t.by_text.get(lead, ())) if lead else set()  # the lead alone
+        ends = False
+        starts = [lead + bytes((b,)) for b in _INSTEAD] if site.empty_ok and not part else []
+        for key in starts:  # "(" or "*" instead of a name, and whatever follows in the token
+            j = bisect_left(t.ordered, key)
+            while j < len(t.ordered) and t.ordered[j].startswith(key):
+                ids.add(t.ordered_ids[j])
+                j += 1
+        for name in site.names.starting(part):
+            rest = name[len(part) :]
+            for k in range(1, len(rest) + 1):  # tokens inside the name
+                ids.update(t.by_text.get(lead + rest[:k], ()))
+            if not rest:
+                ends = True
+                continue
+            key = lead + rest
+            j = bisect_left(t.ordered, key)  # tokens that finish it and go on
+            while j < len(t.ordered) and t.ordered[j].startswith(key):
+                text = t.ordered[j]
+                if len(text) > len(key) and text[len(key)] not in IDENT:
+                    ids.add(t.ordered_ids[j])
+                j += 1
+        if ends:  # the name may end here: any token that goes on outside identifiers
+            mask |= t.space_then_free if lead else t.opens_free
+        if ids:
+            mask[list(ids)] = True
 
 
 def _owner_before(code: bytearray, text: bytes, i: int) -> bool:
@@ -426,6 +477,16 @@ def _owner_before(code: bytearray, text: bytes, i: int) -> bool:
     while j > 0 and tail[j - 1] in IDENT:
         j -= 1
     return tail[j] not in _DIGITS
+
+
+def _import_open(code: bytearray, text: bytes, i: int) -> bool:
+    """Whether the space at ``text[i]`` (after ``code``) ends ``from m import `` or a ``, `` in
+    such a line: a name from ``m`` comes next."""
+    prev = text[i - 1] if i > 0 else (code[-1] if code else None)
+    if text[i] != _SPACE or prev not in (ord("t"), ord(",")):
+        return False
+    tail = bytes(code[-256:]) + text[: i + 1]
+    return _IMPORT_LINE.fullmatch(tail, tail.rfind(b"\n") + 1) is not None
 
 
 class MonitorGuide(Guide):
