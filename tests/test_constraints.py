@@ -15,9 +15,9 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from bytebpe import byte_bpe
 from lossless import chi_square_pvalue
 from specdecode.constraints import compile_constraint
 from specdecode.drafters.base import Drafter
@@ -46,20 +46,7 @@ SCHEMA = {
 
 def byte_tokenizer(eos: bool = True) -> PreTrainedTokenizerFast:
     """GPT-2-style byte-level BPE: 256 byte tokens (ids 1..256), a few merges, ``<eos>`` = 0."""
-    keep = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
-    symbol, extra = {}, 0
-    for b in range(256):
-        symbol[b] = chr(b) if b in keep else chr(256 + extra)
-        extra += b not in keep
-    vocab = {"<eos>": 0}
-    for b in range(256):
-        vocab[symbol[b]] = len(vocab)
-    for a, b in MERGES:
-        vocab[a + b] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab, MERGES))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, **({"eos_token": "<eos>"} if eos else {}))
+    return byte_bpe(MERGES, eos)[0]
 
 
 def byte_model(seed: int = 3, eos: bool = True, **overrides):

@@ -13,9 +13,8 @@ import re
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
+from bytebpe import byte_bpe
 from specdecode.constraints.monitor import Monitor, monitor_constraint
 from specdecode.drafters.base import Drafter
 from specdecode.engine import Decoder, build_decoder
@@ -57,28 +56,14 @@ MERGES = [("s", "t"), ("st", "o"), ("r", "e"), ("re", "s"), ("o", "c"), ("e", "l
 def code_tokenizer():
     """GPT-2-style byte-level BPE: 256 byte tokens (ids 1..256), the merges, ``<eos>`` = 0.
     Returns the tokenizer and each token's bytes."""
-    keep = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
-    symbol, extra = {}, 0
-    for b in range(256):
-        symbol[b] = chr(b) if b in keep else chr(256 + extra)
-        extra += b not in keep
-    byte_of = {s: b for b, s in symbol.items()}
-    vocab = {"<eos>": 0}
-    for b in range(256):
-        vocab[symbol[b]] = len(vocab)
-    for a, b in MERGES:
-        vocab[a + b] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab, MERGES))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
+    tok, vocab, byte_of = byte_bpe(MERGES)
     texts = [b""] * len(vocab)
     for s, i in vocab.items():
         if i:
             texts[i] = bytes(byte_of[c] for c in s)
     # llguidance has no bytes for the token b"\xff" (which UTF-8 never holds): the monitor treats
     # it as a special token, which ends a name like any non-identifier byte (NUL here)
-    texts[vocab[symbol[0xFF]]] = b"\0"
+    texts[vocab[next(s for s, b in byte_of.items() if b == 0xFF)]] = b"\0"
     return tok, texts
 
 
