@@ -31,10 +31,17 @@ SEEDED = SamplingConfig(temperature=1.0, top_k=20, seed=11)
 
 @functools.cache
 def _trained_heads(lm, method: str) -> str:
-    """Heads for the methods that draft with trained heads (medusa, hydra, clover): a few steps."""
+    """Heads for the methods that draft with trained heads (medusa, hydra, clover) or kangaroo's
+    adapter: a few steps."""
+    from specdecode.training.kangaroo import KangarooSettings, train_adapter
     from specdecode.training.train import TrainSettings, train_heads
 
     folder = Path(tempfile.mkdtemp(prefix="heads-"))
+    if method == "kangaroo":
+        settings = KangarooSettings(exit_layer=1, steps=10, batch=32, seqs=2, lr=1e-2, max_new_tokens=24)
+        return str(
+            train_adapter(lm, settings, folder / "k.safetensors", prompts=PROMPTS, progress=False).path
+        )
     settings = TrainSettings(method, num_heads=3, steps=10, batch=16, lr=1e-2, max_new_tokens=24)
     return str(train_heads(lm, settings, folder / "h.safetensors", prompts=PROMPTS, progress=False).path)
 
