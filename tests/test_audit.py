@@ -119,11 +119,12 @@ def test_all_leaves_out_what_cannot_run_here_and_says_why(prompt_file, capsys):
     args = ["--prompt-file", prompt_file, "--raw", "--max-new-tokens", "8", "--samples", "0"]
     code, out, err = cli(capsys, "--method", "all", *args)
     assert code == 0
-    audited = [r.split()[0] for r in out.strip().splitlines()[1:-1]]
+    audited = [r.split()[0] for r in out.strip().splitlines()[1:]]  # --samples 0: no footer line
     assert {"ar", "pld", "hybrid", "suffix"} <= set(audited)
     assert "without --draft, leaving out" in err and "draft-model" not in audited
     for heads in ("medusa", "hydra", "clover"):
         assert heads not in audited and f"leaving out {heads}: " in err and "no trained heads" in err
+    assert "kangaroo" not in audited and "leaving out kangaroo: kangaroo: no trained adapter" in err
 
 
 @pytest.mark.parametrize(
