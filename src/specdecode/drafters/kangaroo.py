@@ -30,12 +30,13 @@ from typing import Annotated
 
 import torch
 
+from specdecode.drafters._draws import DraftDraws
 from specdecode.drafters.base import Drafter
 from specdecode.drafters.draft_model import ConfidenceThreshold
 from specdecode.drafters.medusa import HeadsPath
 from specdecode.drafters.swift import layer_stack
 from specdecode.registry import at_least, in_range, register
-from specdecode.sampling import GumbelNoise, SamplingConfig, target_probs
+from specdecode.sampling import SamplingConfig, target_probs
 from specdecode.target import check_readable
 from specdecode.training.heads import default_heads_path
 from specdecode.training.kangaroo import METHOD, causal_mask, load_adapter, shallow_pass
@@ -108,8 +109,7 @@ class Kangaroo(Drafter):
         self.max_draft = max_draft
         self.stop = ConfidenceThreshold(threshold, adapt)  # shared across generations
         self.sampling = SamplingConfig()
-        self.gen: torch.Generator | None = None
-        self.noise: GumbelNoise | None = None
+        self.draws = DraftDraws()
         self._rows = _Rows(self.exit_layer + 1)
         self._fed: list[int] = []  # tokens whose rows the cache holds, position by position
         self._conf: list[float] = []
@@ -117,11 +117,7 @@ class Kangaroo(Drafter):
     def begin(self, prompt_ids, sampling) -> None:
         self.sampling = sampling
         device = self.ctx.target.device
-        self.gen = None if sampling.greedy else sampling.generator(device)
-        if sampling.seed is not None and self.gen is not None:
-            self.gen.manual_seed(sampling.seed + 1)
-        coupled = not sampling.greedy and sampling.gumbel and sampling.seed is not None
-        self.noise = GumbelNoise(sampling.seed, device) if coupled else None
+        self.draws = DraftDraws(sampling, device)
         self._rows = _Rows(self.exit_layer + 1)  # this generation's own
         self._fed = []
 
@@ -148,8 +144,7 @@ class Kangaroo(Drafter):
         self._rows.truncate(valid)
         del self._fed[valid:]
         logits = self._pass(tokens[valid:], valid)
-        if self.noise is not None:
-            self.noise.forget(len(tokens))
+        self.draws.forget(len(tokens))
         sampling = not self.sampling.greedy
         limit = min(self.max_draft, max_depth)
         out: list[int] = []
@@ -160,13 +155,7 @@ class Kangaroo(Drafter):
             conf = float(q.max())
             if conf < self.stop.value:
                 break
-            if self.noise is not None:  # the token at sequence position len(tokens) + len(out)
-                g = self.noise.at(len(tokens) + len(out), q.shape[-1]).to(q.device)
-                token = int((q.log() + g).argmax())
-            elif sampling:
-                token = int(torch.multinomial(q, 1, generator=self.gen))
-            else:
-                token = int(q.argmax())
+            token = self.draws.pick(q, len(tokens) + len(out))  # at sequence position len(tokens) + len(out)
             out.append(token)
             rows.append(q)
             self._conf.append(conf)
@@ -174,7 +163,7 @@ class Kangaroo(Drafter):
                 break
             logits = self._pass([token], len(tokens) + len(out) - 1)
         # coupled drafts are deterministic given the noise: the verifier needs no q
-        draft_probs = torch.stack(rows) if sampling and self.noise is None and out else None
+        draft_probs = torch.stack(rows) if self.draws.needs_q and out else None
         return DraftTree.chain(out, draft_probs)
 
     def observe(self, outcome) -> None:

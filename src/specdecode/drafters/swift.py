@@ -44,11 +44,12 @@ from typing import Annotated
 
 import torch
 
+from specdecode.drafters._draws import DraftDraws
 from specdecode.drafters.base import Drafter
 from specdecode.drafters.draft_model import ConfidenceThreshold
 from specdecode.errors import SpecDecodeError
 from specdecode.registry import Check, at_least, in_range, register
-from specdecode.sampling import GumbelNoise, SamplingConfig, target_probs
+from specdecode.sampling import SamplingConfig, target_probs
 from specdecode.target import check_readable
 from specdecode.tree import DraftTree
 
@@ -304,8 +305,7 @@ class Swift(Drafter):
         self._features: list[torch.Tensor] = []
         self.reader = None
         self.sampling = SamplingConfig()
-        self.gen: torch.Generator | None = None
-        self.noise: GumbelNoise | None = None
+        self.draws = DraftDraws()
         self._mirror = _Mirror(n)
         self._arm = 0
         self._conf: list[float] = []
@@ -318,11 +318,7 @@ class Swift(Drafter):
     def begin(self, prompt_ids, sampling) -> None:
         self.sampling = sampling
         device = self.ctx.target.device
-        self.gen = None if sampling.greedy else sampling.generator(device)
-        if sampling.seed is not None and self.gen is not None:
-            self.gen.manual_seed(sampling.seed + 1)
-        coupled = not sampling.greedy and sampling.gumbel and sampling.seed is not None
-        self.noise = GumbelNoise(sampling.seed, device) if coupled else None
+        self.draws = DraftDraws(sampling, device)
         if not self.search.ranked:
             self.search.rank(self._influence(prompt_ids))
 
@@ -364,8 +360,7 @@ class Swift(Drafter):
         limit = min(self.max_draft, max_depth)
         self._mirror.sync(self.reader, limit + 1)
         root = len(tokens) - 1  # its position; the target's cache holds every token before it
-        if self.noise is not None:
-            self.noise.forget(len(tokens))
+        self.draws.forget(len(tokens))
         sampling = not self.sampling.greedy
         out: list[int] = []
         rows: list[torch.Tensor] = []  # q of each draft token, [vocab_size] each
@@ -383,19 +378,13 @@ class Swift(Drafter):
                 if out and 1.0 - alive > self.stop_threshold:  # the first token always: data to learn from
                     break
                 self._features.append(x)
-            if self.noise is not None:  # the token at sequence position len(tokens) + len(out)
-                g = self.noise.at(len(tokens) + len(out), q.shape[-1]).to(q.device)
-                last = int((q.log() + g).argmax())
-            elif sampling:
-                last = int(torch.multinomial(q, 1, generator=self.gen))
-            else:
-                last = int(q.argmax())
+            last = self.draws.pick(q, len(tokens) + len(out))  # at sequence position len(tokens) + len(out)
             out.append(last)
             rows.append(q)
             self._conf.append(conf)
         self._draft_s = time.perf_counter() - start
         # coupled drafts are deterministic given the noise: the verifier needs no q
-        draft_probs = torch.stack(rows) if sampling and self.noise is None and out else None
+        draft_probs = torch.stack(rows) if self.draws.needs_q and out else None
         return DraftTree.chain(out, draft_probs)
 
     def observe(self, outcome) -> None:
