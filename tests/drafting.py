@@ -46,3 +46,17 @@ def check_greedy_equals_ar(lm, method: str, options: dict, min_accepted: float =
     if options.get("budget"):
         assert max(len(t) for t in trees) == options["budget"]
     return trees
+
+
+def check_equals_ar(lm, method: str, options: dict, prompts=PROMPTS, tokens: int = 40):
+    """``method`` reproduces ``ar`` token for token on every prompt; returns the decoder, the
+    trees it proposed and its results."""
+    ar = build_decoder("ar", lm)
+    decoder = build_decoder(method, lm, options=options)
+    trees = spy(decoder)
+    results = []
+    for prompt in prompts:
+        got = decoder.generate_ids(prompt, max_new_tokens=tokens)
+        assert got.token_ids == ar.generate_ids(prompt, max_new_tokens=tokens).token_ids
+        results.append(got)
+    return decoder, trees, results

@@ -13,6 +13,7 @@ import json
 import pytest
 import torch
 
+import drafting
 from drafting import PROMPTS, spy
 from lossless import chi_square_pvalue, exact_joint, sample_joint
 from specdecode.cli import main
@@ -55,15 +56,7 @@ def adapter_file(lm, tmp_path_factory):
 
 
 def check_equals_ar(lm, options, prompts=PROMPTS + TRAIN_PROMPTS[:3], tokens=40):
-    ar = build_decoder("ar", lm)
-    decoder = build_decoder("kangaroo", lm, options=options)
-    trees = spy(decoder)
-    results = []
-    for prompt in prompts:
-        got = decoder.generate_ids(prompt, max_new_tokens=tokens)
-        assert got.token_ids == ar.generate_ids(prompt, max_new_tokens=tokens).token_ids
-        results.append(got)
-    return decoder, trees, results
+    return drafting.check_equals_ar(lm, "kangaroo", options, prompts, tokens)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ swift's mirror of the target's KV is exact (a skipped identity layer makes every
 import pytest
 import torch
 
-from drafting import PROMPTS, spy
+from drafting import PROMPTS, check_equals_ar, spy
 from lossless import chi_square_pvalue, exact_joint, sample_joint
 from specdecode.drafters.base import Drafter
 from specdecode.engine import Decoder, build_decoder
@@ -34,18 +34,6 @@ def identity_layer(lm, layer: int):
         block.self_attn.o_proj.weight.zero_()
         block.mlp.down_proj.weight.zero_()
     return lm
-
-
-def check_equals_ar(lm, method, options, prompts=PROMPTS, tokens=40):
-    ar = build_decoder("ar", lm)
-    decoder = build_decoder(method, lm, options=options)
-    trees = spy(decoder)
-    results = []
-    for prompt in prompts:
-        got = decoder.generate_ids(prompt, max_new_tokens=tokens)
-        assert got.token_ids == ar.generate_ids(prompt, max_new_tokens=tokens).token_ids
-        results.append(got)
-    return decoder, trees, results
 
 
 # ---- swift -------------------------------------------------------------------------------------
