@@ -411,6 +411,9 @@ def test_api_bad_monitor_input_before_loading(repo, monkeypatch):
         specdecode.generate("x.", monitor="java", repo=str(repo))
     with pytest.raises(SpecDecodeError, match="does not exist"):
         list(specdecode.stream("x.", monitor="python", repo=str(repo / "nope")))
+    for call in (specdecode.generate, lambda *a, **k: list(specdecode.stream(*a, **k))):
+        with pytest.raises(SpecDecodeError, match="or a monitor, not both"):
+            call("x.", monitor="python", repo=str(repo), regex="[a-z]+")
 
 
 # ---- the default model ----------------------------------------------------------------------------

@@ -93,10 +93,15 @@ def _check_awrs(constraint_sampling, particles, json_schema, regex, grammar, tem
     )  # fmt: skip
 
 
-def _monitor_args(monitor, repo, prompt: str, raw: bool) -> tuple:
-    """``constraint_for``'s monitor arguments, checked before any model loads."""
+def _monitor_args(monitor, repo, prompt: str, raw: bool, *grammars) -> tuple:
+    """``constraint_for``'s monitor arguments, checked before any model loads (``grammars``:
+    the json_schema, regex and grammar arguments, which a monitor excludes)."""
     if monitor is None and repo is None:
         return ()
+    if any(g is not None for g in grammars):
+        raise SpecDecodeError(
+            "give a grammar constraint (json_schema, regex, grammar) or a monitor, not both"
+        )
     from specdecode.constraints.monitor import check_monitor
 
     return (monitor, str(check_monitor(monitor, repo)), prompt if raw else "")
@@ -182,7 +187,7 @@ def generate(
         )  # fmt: skip
     _check_awrs(constraint_sampling, particles, json_schema, regex, grammar, temperature, top_k, top_p,
                 method, prediction)  # fmt: skip
-    code_monitor = _monitor_args(monitor, repo, prompt, raw)
+    code_monitor = _monitor_args(monitor, repo, prompt, raw, json_schema, regex, grammar)
     decoder, ids, sampling = _prepare(
         prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed, coupling,
         backend,
@@ -234,7 +239,7 @@ def stream(
     """Yield :class:`Response` pieces (text delta, token ids, finish reason on the last)."""
     _check_awrs(constraint_sampling, particles, json_schema, regex, grammar, temperature, top_k, top_p,
                 method, prediction)  # fmt: skip
-    code_monitor = _monitor_args(monitor, repo, prompt, raw)
+    code_monitor = _monitor_args(monitor, repo, prompt, raw, json_schema, regex, grammar)
     decoder, ids, sampling = _prepare(
         prompt, method, model, draft, options, device, dtype, raw, temperature, top_k, top_p, seed, coupling,
         backend,
