@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import drafting
+from checkpoints import stop_after_checkpoints
 from drafting import PROMPTS, spy
 from lossless import chi_square_pvalue, exact_joint, sample_joint
 from specdecode.cli import main
@@ -171,22 +172,13 @@ def test_an_interrupted_run_resumes_to_the_same_adapter(lm, tmp_path, monkeypatc
     whole = train_adapter(
         lm, settings(steps=25), tmp_path / "a.safetensors", prompts=TRAIN_PROMPTS, progress=False
     )
-    write = common._write_checkpoint
-    calls = []
-
-    def write_then_stop(*args):
-        write(*args)
-        calls.append(args[5])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(common, "_write_checkpoint", write_then_stop)
+    calls, restore = stop_after_checkpoints(monkeypatch, common)
     with pytest.raises(KeyboardInterrupt):
         train_adapter(
             lm, settings(steps=25), tmp_path / "b.safetensors", prompts=TRAIN_PROMPTS, progress=False
         )
     assert calls == [10, 20] and not (tmp_path / "b.safetensors").exists()
-    monkeypatch.setattr(common, "_write_checkpoint", write)
+    restore()
     logged = []
     resumed = train_adapter(
         lm,

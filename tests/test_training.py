@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from checkpoints import stop_after_checkpoints
 from specdecode.cli import main
 from specdecode.errors import SpecDecodeError
 from specdecode.models.testing import tiny_model_for_tests
@@ -52,21 +53,12 @@ def test_loss_falls_and_loaded_heads_reproduce_saved_predictions(lm, tmp_path, m
 def test_an_interrupted_run_resumes_to_the_same_heads(lm, tmp_path, monkeypatch):
     whole = train_heads(lm, settings("medusa"), tmp_path / "a.safetensors", prompts=PROMPTS, progress=False)
 
-    write = training._write_checkpoint
-    calls = []
-
-    def write_then_stop(*args):
-        write(*args)
-        calls.append(args[5])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training, "_write_checkpoint", write_then_stop)
+    calls, restore = stop_after_checkpoints(monkeypatch, training)
     with pytest.raises(KeyboardInterrupt):
         train_heads(lm, settings("medusa"), tmp_path / "b.safetensors", prompts=PROMPTS, progress=False)
     assert calls == [10, 20] and (tmp_path / "b.safetensors.ckpt").exists()
     assert not (tmp_path / "b.safetensors").exists()
-    monkeypatch.setattr(training, "_write_checkpoint", write)
+    restore()
     logged = []
     resumed = train_heads(
         lm, settings("medusa"), tmp_path / "b.safetensors", prompts=PROMPTS, progress=False, log=logged.append

@@ -24,6 +24,7 @@ JSON sidecar naming the model they were trained for (:func:`save_heads`, :func:`
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -124,53 +125,89 @@ def save_heads(heads: DraftHeads, path: Path, info: dict) -> None:
     write_atomic(sidecar(path), json.dumps(record, indent=2) + "\n")
 
 
-def load_heads(path: Path, loaded, method: str) -> tuple[DraftHeads, dict]:
-    """The heads at ``path`` for target ``loaded``; refuses (one clear line) a file that is
-    missing, unreadable, of another method, or trained for another model."""
+def read_trained(
+    path: Path,
+    loaded,
+    method: str,
+    noun: str,
+    kind: Callable[[dict], str | None],
+    fits: Callable[[dict], bool],
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The JSON description and the tensors of a trained file (``noun``: "heads", "adapter") for
+    target ``loaded``; refuses (one clear line) a file that is missing, unreadable, of another
+    kind (``kind`` returns why, or None), trained for another model, or of another shape
+    (``fits``)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise SpecDecodeError(
-            f"{method}: no trained heads at {path}: train them first with "
-            f"`specdecode train {method}` (or give heads=PATH)"
+            f"{method}: no trained {noun} at {path}: run `specdecode train {method}` first "
+            "(or give heads=PATH)"
         )
     try:
         info = json.loads(sidecar(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise SpecDecodeError(
-            f"{method}: the heads' description {sidecar(path)} cannot be read ({e})"
+            f"{method}: the description {sidecar(path)} of the {noun} cannot be read ({e})"
         ) from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise SpecDecodeError(f"{method}: {sidecar(path)} does not describe specdecode draft heads")
-    if info.get("method") != method:
-        raise SpecDecodeError(
-            f"{method}: {path} holds {info.get('method')} heads, not {method}: train {method} heads "
-            f"with `specdecode train {method}`"
-        )
+    why = kind(info) if isinstance(info, dict) else f"{sidecar(path)} does not describe trained {noun}"
+    if why:
+        raise SpecDecodeError(f"{method}: {why}")
     if info.get("model_key") != loaded.key:
         raise SpecDecodeError(
             f"{method}: {path} was trained for another model ({info.get('model_name')}, digest "
-            f"{info.get('model_key')}), not {loaded.name} (digest {loaded.key}): train heads for this "
+            f"{info.get('model_key')}), not {loaded.name} (digest {loaded.key}): train {noun} for this "
             f"model with `specdecode train {method} --model ...`"
         )
-    hidden = _hidden_size(loaded.model)
-    if info.get("hidden_size") != hidden or not isinstance(info.get("num_heads"), int):
-        raise SpecDecodeError(f"{method}: {path} does not fit this model's hidden size {hidden}")
+    if not fits(info):
+        raise SpecDecodeError(f"{method}: {path} does not fit this model's shape")
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise SpecDecodeError(f"{method}: {path} is not a readable safetensors file ({e})") from None
-    heads = DraftHeads(method, info["num_heads"], hidden)
-    rank = tensors.pop("vocab_rank", None)
+    return info, tensors
+
+
+def load_weights(
+    module: nn.Module, tensors: dict[str, torch.Tensor], method: str, path: Path, loaded
+) -> None:
+    """Load ``tensors`` into ``module`` (refusing, in one line, weights that do not match it) and
+    move it to the target's device and dtype, frozen, for inference."""
     try:
-        heads.load_state_dict(tensors)
+        module.load_state_dict(tensors)
     except RuntimeError:
         raise SpecDecodeError(
             f"{method}: {path} does not hold the weights its description promises"
         ) from None
-    heads.to(device=loaded.device, dtype=loaded.dtype).eval()
+    module.to(device=loaded.device, dtype=loaded.dtype).eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
+def load_heads(path: Path, loaded, method: str) -> tuple[DraftHeads, dict]:
+    """The heads at ``path`` for target ``loaded`` (:func:`read_trained`'s refusals)."""
+
+    def kind(info: dict) -> str | None:
+        if info.get("format") != FORMAT:
+            return f"{sidecar(path)} does not describe specdecode draft heads"
+        if info.get("method") != method:
+            return (
+                f"{path} holds {info.get('method')} heads, not {method}: train {method} heads "
+                f"with `specdecode train {method}`"
+            )
+        return None
+
+    hidden = _hidden_size(loaded.model)
+
+    def fits(info: dict) -> bool:
+        return info.get("hidden_size") == hidden and isinstance(info.get("num_heads"), int)
+
+    info, tensors = read_trained(Path(path), loaded, method, "heads", kind, fits)
+    heads = DraftHeads(method, info["num_heads"], hidden)
+    rank = tensors.pop("vocab_rank", None)
+    load_weights(heads, tensors, method, path, loaded)
     if rank is not None:
         vocab = int(loaded.model.get_output_embeddings().weight.shape[0])
         if rank.dim() != 1 or len(rank) == 0 or int(rank.min()) < 0 or int(rank.max()) >= vocab:

@@ -38,7 +38,7 @@ from torch import nn
 
 from specdecode.errors import SpecDecodeError
 from specdecode.files import atomic_file, remove_path, write_atomic
-from specdecode.training.heads import sidecar
+from specdecode.training.heads import load_weights, read_trained, sidecar
 from specdecode.training.prompts import PROMPTS
 
 METHOD = "kangaroo"
@@ -173,55 +173,31 @@ def save_adapter(adapter: Adapter, path: Path, info: dict) -> None:
 
 
 def load_adapter(path: Path, loaded) -> tuple[Adapter, dict]:
-    """The adapter at ``path`` for target ``loaded``; refuses (one clear line) a file that is
-    missing, unreadable, not a kangaroo adapter, or trained for another model."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """The adapter at ``path`` for target ``loaded`` (:func:`read_trained`'s refusals)."""
 
-    path = Path(path)
-    if not path.is_file():
-        raise SpecDecodeError(
-            f"kangaroo: no trained adapter at {path}: train it first with `specdecode train kangaroo` "
-            "(or give heads=PATH)"
-        )
-    try:
-        info = json.loads(sidecar(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise SpecDecodeError(
-            f"kangaroo: the adapter's description {sidecar(path)} cannot be read ({e})"
-        ) from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        what = info.get("method") if isinstance(info, dict) else None
-        raise SpecDecodeError(
-            f"kangaroo: {path} is not a kangaroo adapter"
+    def kind(info: dict) -> str | None:
+        if info.get("format") == FORMAT:
+            return None
+        what = info.get("method")
+        return (
+            f"{path} is not a kangaroo adapter"
             + (f" (it holds {what} heads)" if what else "")
             + ": train one with `specdecode train kangaroo`"
         )
-    if info.get("model_key") != loaded.key:
-        raise SpecDecodeError(
-            f"kangaroo: {path} was trained for another model ({info.get('model_name')}, digest "
-            f"{info.get('model_key')}), not {loaded.name} (digest {loaded.key}): train an adapter for "
-            "this model with `specdecode train kangaroo --model ...`"
-        )
+
     shape = model_shape(loaded.model)
-    exit_layer = info.get("exit_layer")
-    fits = all(info.get(k) == shape[k] for k in ("hidden_size", "num_heads", "head_dim"))
-    if not fits or not isinstance(exit_layer, int) or not 1 <= exit_layer < shape["num_layers"]:
-        raise SpecDecodeError(f"kangaroo: {path} does not fit this model's shape")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise SpecDecodeError(f"kangaroo: {path} is not a readable safetensors file ({e})") from None
+
+    def fits(info: dict) -> bool:
+        exit_layer = info.get("exit_layer")
+        return (
+            all(info.get(k) == shape[k] for k in ("hidden_size", "num_heads", "head_dim"))
+            and isinstance(exit_layer, int)
+            and 1 <= exit_layer < shape["num_layers"]
+        )
+
+    info, tensors = read_trained(Path(path), loaded, "kangaroo", "adapter", kind, fits)
     adapter = Adapter(shape["hidden_size"], shape["num_heads"], shape["head_dim"], shape["eps"])
-    try:
-        adapter.load_state_dict(tensors)
-    except RuntimeError:
-        raise SpecDecodeError(
-            f"kangaroo: {path} does not hold the weights its description promises"
-        ) from None
-    adapter.to(device=loaded.device, dtype=loaded.dtype).eval()
-    for p in adapter.parameters():
-        p.requires_grad_(False)
+    load_weights(adapter, tensors, "kangaroo", path, loaded)
     return adapter, info
 
 
