@@ -24,11 +24,9 @@ Which layers to skip is chosen on the fly (the paper's optimization phase, simpl
 Drafting stops when the draft's confidence (its top probability) falls below a threshold that
 adapts to what the target accepts (as ``draft-model``'s does), or at ``max_draft`` tokens. With
 ``stop_head=online``, a SpecDec++-style stop rule (Huang et al. 2024) takes over: an acceptance
-predictor (:class:`AcceptanceHead`) gives each draft token's probability of being accepted,
-and drafting stops once the predicted probability that some token so far is rejected exceeds
-``stop_threshold`` (the first draft token is always drafted). SpecDec++ trains its head offline on the draft model's hidden states; this
-one is a logistic model of the draft's own confidence, entropy and depth, trained online from
-every verification (no training run, nothing saved).
+predictor trained online gives each draft token's probability of being accepted, and drafting
+stops once the predicted probability that some token so far is rejected exceeds
+``stop_threshold`` (:mod:`specdecode.drafters._stop`, shared with the other drafting methods).
 Under sampling each draft token is drawn from the draft distribution q, which goes to the
 verifier (speculative sampling); under the Gumbel coupling the draft takes
 ``argmax(log q + g)`` with the verifier's noise.
@@ -45,6 +43,7 @@ from typing import Annotated
 import torch
 
 from specdecode.drafters._draws import DraftDraws
+from specdecode.drafters._stop import StopHead, StopThreshold, StopWalk, stop_head_for
 from specdecode.drafters.base import Drafter
 from specdecode.drafters.draft_model import ConfidenceThreshold
 from specdecode.errors import SpecDecodeError
@@ -130,38 +129,6 @@ class _Mirror:
         self.values[layer_idx][..., start:end, :] = value_states
         self.fill[layer_idx] = end
         return self.keys[layer_idx][..., :end, :], self.values[layer_idx][..., :end, :]
-
-
-STOP_HEADS = ("none", "online")
-
-
-class AcceptanceHead:
-    """P(a draft token is accepted | every token before it was): ``sigmoid(w . x)`` with
-    ``x = [1, logit(confidence), entropy, depth / 8]``, trained online by SGD on the log loss
-    from the tokens the verifier judged. Starts as ``P = confidence``. Shared across forks."""
-
-    def __init__(self, lr: float = 0.05) -> None:
-        self.w = torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=torch.float64)
-        self.lr = lr
-
-    @staticmethod
-    def features(q: torch.Tensor, depth: int) -> torch.Tensor:
-        conf = float(q.max())
-        conf = min(max(conf, 1e-6), 1 - 1e-6)
-        entropy = float(-(q * q.clamp_min(1e-12).log()).sum())
-        return torch.tensor(
-            [1.0, torch.logit(torch.tensor(conf)).item(), entropy, depth / 8], dtype=torch.float64
-        )
-
-    def prob(self, x: torch.Tensor) -> float:
-        return float(torch.sigmoid(self.w @ x))
-
-    def update(self, xs: list[torch.Tensor], accepted: int) -> None:
-        """The verifier accepted the first ``accepted`` of the tokens with features ``xs``: the
-        judged ones are those up to the first rejection."""
-        for i, x in enumerate(xs[: accepted + 1]):
-            label = 1.0 if i < accepted else 0.0
-            self.w += self.lr * (label - float(torch.sigmoid(self.w @ x))) * x
 
 
 class LayerSearch:
@@ -273,16 +240,8 @@ class Swift(Drafter):
             Check(lambda v: _float_list(v) is not None, "comma-separated fractions in [0, 1)"),
         ] = "0,0.15,0.25,0.35,0.5",
         trial_steps: Annotated[int, "steps each candidate runs before the best is kept", at_least(1)] = 12,
-        stop_head: Annotated[
-            str,
-            "when to stop drafting: none (the adaptive confidence threshold) or online (SpecDec++: "
-            "stop once the predicted probability that a draft token is rejected exceeds stop_threshold; "
-            "the acceptance predictor trained online)",
-            Check(lambda v: v in STOP_HEADS, f"one of {', '.join(STOP_HEADS)}"),
-        ] = "none",
-        stop_threshold: Annotated[
-            float, "SpecDec++'s threshold on P(some draft token is rejected)", in_range(0, 1, low_open=True)
-        ] = 0.7,
+        stop_head: StopHead = "none",
+        stop_threshold: StopThreshold = 0.7,
     ) -> None:
         self.ctx = ctx
         model = ctx.target.model
@@ -300,9 +259,9 @@ class Swift(Drafter):
         self.max_draft = max_draft
         self.stop = ConfidenceThreshold(threshold, adapt)  # learned across generations (shared)
         self.search = LayerSearch(_float_list(candidates), trial_steps, fixed)  # shared
-        self.head = AcceptanceHead() if stop_head == "online" else None  # shared
+        self.head = stop_head_for(stop_head)  # shared
         self.stop_threshold = stop_threshold
-        self._features: list[torch.Tensor] = []
+        self._walk: StopWalk | None = None
         self.reader = None
         self.sampling = SamplingConfig()
         self.draws = DraftDraws()
@@ -351,8 +310,7 @@ class Swift(Drafter):
         self._arm = arm = self.search.arm()
         skipped = self.search.arms[arm]
         self._conf = []
-        self._features = []
-        alive = 1.0  # predicted probability that every draft token so far is accepted
+        self._walk = walk = StopWalk(self.head, self.stop_threshold) if self.head is not None else None
         if not skipped:  # the candidate "skip nothing": plain decoding
             self._draft_s = time.perf_counter() - start
             return DraftTree.empty()
@@ -369,15 +327,9 @@ class Swift(Drafter):
             logits = self._forward(last, root + len(out), kept)  # [vocab_size]
             q = logits.softmax(-1) if not sampling else target_probs(logits, self.sampling)
             conf = float(q.max())
-            if self.head is None:
-                if conf < self.stop.value:
-                    break
-            else:
-                x = self.head.features(q, len(out) + 1)
-                alive *= self.head.prob(x)
-                if out and 1.0 - alive > self.stop_threshold:  # the first token always: data to learn from
-                    break
-                self._features.append(x)
+            stop = conf < self.stop.value if walk is None else not walk.keep(q)
+            if stop:
+                break
             last = self.draws.pick(q, len(tokens) + len(out))  # at sequence position len(tokens) + len(out)
             out.append(last)
             rows.append(q)
@@ -388,8 +340,8 @@ class Swift(Drafter):
         return DraftTree.chain(out, draft_probs)
 
     def observe(self, outcome) -> None:
-        if self.head is not None:
-            self.head.update(self._features[: len(outcome.tree)], outcome.verdict.accepted)
+        if self._walk is not None:
+            self._walk.learn(len(outcome.tree), outcome.verdict.accepted)
         else:
             self.stop.update(self._conf[: len(outcome.tree)], outcome.verdict.accepted)
         self.search.record(self._arm, len(outcome.verdict.tokens), self._draft_s + outcome.forward_seconds)
