@@ -2,8 +2,11 @@
 
 One draft forward per token; drafting stops early when the draft's confidence falls below a
 threshold that adapts online to what the target accepts (the threshold rises after a
-confident token is rejected and falls after an unconfident one is accepted). Under sampling
-each draft token is drawn from the draft distribution q, which goes to the verifier with it.
+confident token is rejected and falls after an unconfident one is accepted). With
+``stop_head=online`` (one chain only) the SpecDec++-style stop rule of
+:mod:`specdecode.drafters._stop` replaces the threshold; it learns only when the two models share
+a tokenizer (a bridged draft's features are about the draft's tokens). Under sampling each draft
+token is drawn from the draft distribution q, which goes to the verifier with it.
 
 Under sampling with the residual coupling, ``drafts=k`` draws k drafts independently from q
 (SpecTr's setting), kept as one tree: with ``verifier=spectr`` a trie of the k draws (equal
@@ -34,7 +37,9 @@ from typing import Annotated
 import torch
 
 from specdecode.drafters._bridge import bridge_for
+from specdecode.drafters._stop import StopHead, StopThreshold, StopWalk, stop_head_for
 from specdecode.drafters.base import Drafter
+from specdecode.errors import SpecDecodeError
 from specdecode.kvcache import kv_cache
 from specdecode.registry import Check, at_least, in_range, register
 from specdecode.sampling import GumbelNoise, SamplingConfig, target_probs
@@ -196,12 +201,22 @@ class DraftModel(DraftModelBase):
             "draws) or rrs (recursive rejection sampling over k chains, SpecInfer); both lossless",
             Check(lambda v: v in VERIFIERS, f"one of {', '.join(VERIFIERS)}"),
         ] = "spectr",
+        stop_head: StopHead = "none",
+        stop_threshold: StopThreshold = 0.7,
     ) -> None:
+        if stop_head != "none" and drafts > 1:
+            raise SpecDecodeError(
+                f"draft-model: stop_head={stop_head} stops a single chain; it cannot be combined with "
+                f"drafts={drafts}: use drafts=1 or stop_head=none"
+            )
         super().__init__(ctx)
         self.max_draft = max_draft
         self.drafts = drafts
         self.verifier = verifier
         self.stop = ConfidenceThreshold(threshold, adapt)  # learned across generations (shared)
+        self.head = stop_head_for(stop_head)  # learned across generations (shared)
+        self.stop_threshold = stop_threshold
+        self._walk: StopWalk | None = None  # per chain
         self._conf: list[float] = []  # per draft token of a chain
         self._node_conf: list[float] | None = None  # per node of a multi-draft tree
 
@@ -218,6 +233,7 @@ class DraftModel(DraftModelBase):
         out: list[int] = []
         rows: list[torch.Tensor] = []  # q of each draft token, [vocab_size] each
         self._conf = []
+        self._walk = walk = StopWalk(self.head, self.stop_threshold) if self.head is not None else None
         while True:
             q = self._probs(logits)  # [vocab_size]
             if coupled:  # the token at sequence position len(tokens) + len(out)
@@ -227,7 +243,8 @@ class DraftModel(DraftModelBase):
             else:
                 x = int(q.argmax())
             conf = float(q.max())
-            if out and conf < self.stop.value:
+            stop = (bool(out) and conf < self.stop.value) if walk is None else not walk.keep(q)
+            if stop:
                 break
             out.append(x)
             rows.append(q)
@@ -288,7 +305,10 @@ class DraftModel(DraftModelBase):
         if not self.bridge.exact:  # a bridged draft's confidences are about the draft's tokens
             return
         if self._node_conf is None:
-            self.stop.update(self._conf[: len(outcome.tree)], outcome.verdict.accepted)
+            if self._walk is not None:
+                self._walk.learn(len(outcome.tree), outcome.verdict.accepted)
+            else:
+                self.stop.update(self._conf[: len(outcome.tree)], outcome.verdict.accepted)
             return
         # a multi-draft tree: the confidences along the accepted path, then the next level's
         path = outcome.verdict.path

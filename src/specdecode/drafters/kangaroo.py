@@ -7,7 +7,8 @@ The draft model is the target's own shallow sub-network (its embedding and first
 ``specdecode train kangaroo``) and the target's LM head. Drafting stops as soon as the draft's
 confidence (its top probability) falls below ``threshold`` (the *second early exit*), or at
 ``max_draft`` tokens; the chain goes to the shared verifier, so the output is exactly the
-target's, whatever the draft.
+target's, whatever the draft. With ``stop_head=online`` the SpecDec++-style stop rule of
+:mod:`specdecode.drafters._stop` replaces the threshold (the first draft token always drafted).
 
 The shallow layers are the target's layers with the target's weights, so their keys and values
 for the committed tokens are the target's own. The drafter keeps them, and the adapter's, in
@@ -31,6 +32,7 @@ from typing import Annotated
 import torch
 
 from specdecode.drafters._draws import DraftDraws
+from specdecode.drafters._stop import StopHead, StopThreshold, StopWalk, stop_head_for
 from specdecode.drafters.base import Drafter
 from specdecode.drafters.draft_model import ConfidenceThreshold
 from specdecode.drafters.medusa import HeadsPath
@@ -94,6 +96,8 @@ class Kangaroo(Drafter):
         adapt: Annotated[
             float, "threshold step after each verified draft token (0 = fixed, as in the paper)", at_least(0)
         ] = 0.0,
+        stop_head: StopHead = "none",
+        stop_threshold: StopThreshold = 0.7,
     ) -> None:
         loaded = ctx.target
         check_readable(loaded, METHOD)
@@ -108,6 +112,9 @@ class Kangaroo(Drafter):
         self.lm_head = model.lm_head
         self.max_draft = max_draft
         self.stop = ConfidenceThreshold(threshold, adapt)  # shared across generations
+        self.head = stop_head_for(stop_head)  # shared across generations
+        self.stop_threshold = stop_threshold
+        self._walk: StopWalk | None = None
         self.sampling = SamplingConfig()
         self.draws = DraftDraws()
         self._rows = _Rows(self.exit_layer + 1)
@@ -150,10 +157,12 @@ class Kangaroo(Drafter):
         out: list[int] = []
         rows: list[torch.Tensor] = []  # q of each draft token, [vocab_size] each
         self._conf = []
+        self._walk = walk = StopWalk(self.head, self.stop_threshold) if self.head is not None else None
         while True:
             q = target_probs(logits, self.sampling) if sampling else logits.softmax(-1)
             conf = float(q.max())
-            if conf < self.stop.value:
+            stop = conf < self.stop.value if walk is None else not walk.keep(q)
+            if stop:
                 break
             token = self.draws.pick(q, len(tokens) + len(out))  # at sequence position len(tokens) + len(out)
             out.append(token)
@@ -167,4 +176,7 @@ class Kangaroo(Drafter):
         return DraftTree.chain(out, draft_probs)
 
     def observe(self, outcome) -> None:
-        self.stop.update(self._conf[: len(outcome.tree)], outcome.verdict.accepted)
+        if self._walk is not None:
+            self._walk.learn(len(outcome.tree), outcome.verdict.accepted)
+        else:
+            self.stop.update(self._conf[: len(outcome.tree)], outcome.verdict.accepted)
