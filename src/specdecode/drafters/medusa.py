@@ -19,6 +19,16 @@ probability bin from what the target accepted (:class:`AcceptanceRates`); the la
 budget (:mod:`specdecode.budget`) chooses how many of the ranked nodes to score. Drafts are
 deterministic (top-k, distinct siblings), so the shared verifier keeps the output the target's
 under greedy decoding and sampling alike.
+
+With ``stop_head=online`` the SpecDec++-style stop rule of :mod:`specdecode.drafters._stop`
+caps the tree's depth: walking the *top-1 path* (each depth's likeliest child of the path
+node above), it multiplies the predictor's acceptance probabilities of the heads'
+distributions along it and stops at the first depth where the predicted probability that some
+token is rejected exceeds ``stop_threshold`` (depth 1 always kept); the budget then sizes the
+tree within that depth. The predictor learns from the verifier's outcome on the top-1 path
+nodes it judged (up to the first rejection). For hydra and clover, whose heads see the path,
+the walk follows the top-1 path while its nodes are among the ``width`` expanded per level;
+past that the depth is not capped further.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import torch
 
 from specdecode.budget import Budget, MaxNodes, policy_for
 from specdecode.drafters._estimates import AcceptanceRates, sort_by_probability
+from specdecode.drafters._stop import StopHead, StopThreshold, StopWalk, stop_head_for
 from specdecode.drafters.base import CandidateDrafter, Candidates
 from specdecode.errors import SpecDecodeError
 from specdecode.registry import at_least, register
@@ -62,7 +73,17 @@ class HeadDrafter(CandidateDrafter):
     # Not a hybrid source (yet): hybrid would have to hand its sources the target reader.
     composable = False
 
-    def __init__(self, ctx, heads: str, top_k: int, budget: int, max_nodes: int, draft_vocab: int) -> None:
+    def __init__(
+        self,
+        ctx,
+        heads: str,
+        top_k: int,
+        budget: int,
+        max_nodes: int,
+        draft_vocab: int,
+        stop_head: str = "none",
+        stop_threshold: float = 0.7,
+    ) -> None:
         loaded = ctx.target
         check_readable(loaded, self.method)
         model = loaded.model
@@ -96,6 +117,16 @@ class HeadDrafter(CandidateDrafter):
             bias = None if bias is None else bias[self.vocab]
         self._head_weight, self._head_bias = weight.detach(), None if bias is None else bias.detach()
         self.top_k = min(top_k, self._head_weight.shape[0])
+        self.head = stop_head_for(stop_head)  # the SpecDec++ stop rule's predictor, shared
+        self.stop_threshold = stop_threshold
+        self._walk: StopWalk | None = None  # per proposal: the stop rule along the top-1 path
+        self._path: dict[int, int] = {}  # per proposal: top-1 path node -> its depth
+
+    def _start_walk(self) -> StopWalk | None:
+        """A new proposal: a fresh stop-rule walk (None without a stop head), no path yet."""
+        self._walk = StopWalk(self.head, self.stop_threshold) if self.head is not None else None
+        self._path = {}
+        return self._walk
 
     def attach(self, reader) -> None:
         self.reader = reader
@@ -103,22 +134,30 @@ class HeadDrafter(CandidateDrafter):
     def _bucket(self, depth: int, p: float) -> int:
         return (depth - 1) * BINS + min(BINS - 1, int((1.0 - p) * BINS))
 
-    def _top(self, hidden: torch.Tensor, k: int) -> tuple[list, list]:
+    def _top(self, hidden: torch.Tensor, k: int) -> tuple[list, list, torch.Tensor]:
         """The ``k`` likeliest tokens and their probabilities (softmax over the draft vocabulary)
-        after head outputs ``hidden`` ``[rows, hidden]``: ``(probs, ids)``, ``[rows][k]`` lists."""
+        after head outputs ``hidden`` ``[rows, hidden]``: ``(probs, ids, q)``, ``[rows][k]``
+        lists and the distributions ``[rows, draft vocab]``."""
         logits = torch.nn.functional.linear(hidden, self._head_weight, self._head_bias).float()
-        top = torch.topk(logits.softmax(-1), k, dim=-1)  # [rows, k]
+        q = logits.softmax(-1)  # [rows, draft vocab]
+        top = torch.topk(q, k, dim=-1)  # [rows, k]
         ids = top.indices if self.vocab is None else self.vocab[top.indices]
-        return top.values.tolist(), ids.tolist()
+        return top.values.tolist(), ids.tolist(), q
 
     def _finish(self, tokens, parents, probs, tags, start) -> Candidates:
+        """Sorted best first, cut at ``max_nodes``; each node's tag ``(bucket, d)``, ``d`` its
+        depth if it is on the stop rule's top-1 path, else 0."""
         tokens, parents, probs, order = sort_by_probability(tokens, parents, probs)
-        tags = [tags[i] for i in order]
+        tags = [(tags[i], self._path.get(i, 0)) for i in order]
         n = min(len(tokens), self.max_nodes)
         return Candidates(tokens[:n], parents[:n], probs[:n], tags[:n], 0.0)
 
     def learn(self, outcome, judged) -> None:
-        self.rates.update([(tag, ok) for tag, ok in judged])
+        self.rates.update([(bucket, ok) for (bucket, _), ok in judged])
+        if self._walk is not None:
+            # the top-1 path nodes judged: depths 1, 2, ... up to the first rejection
+            path = [ok for (_, d), ok in sorted(judged, key=lambda j: j[0][1]) if d]
+            self._walk.learn(len(path), sum(path))
 
 
 @register(
@@ -137,15 +176,20 @@ class Medusa(HeadDrafter):
         budget: Budget = 0,
         max_nodes: MaxNodes = 48,
         draft_vocab: DraftVocab = 8192,
+        stop_head: StopHead = "none",
+        stop_threshold: StopThreshold = 0.7,
     ) -> None:
-        super().__init__(ctx, heads, top_k, budget, max_nodes, draft_vocab)
+        super().__init__(ctx, heads, top_k, budget, max_nodes, draft_vocab, stop_head, stop_threshold)
 
     def candidates(self, tokens: list[int], max_depth: int) -> Candidates:
         start = time.perf_counter()
         depth_limit = min(self.heads.num_heads, max_depth)
         h = self.reader.hidden  # [hidden]
         outs = torch.stack([self.heads.head(k, h) for k in range(depth_limit)])  # [depth_limit, hidden]
-        probs, ids = self._top(outs, self.top_k)  # [depth_limit][top_k]
+        probs, ids, q = self._top(outs, self.top_k)  # [depth_limit][top_k], q [depth_limit, vocab]
+        walk = self._start_walk()
+        if walk is not None:  # head d's distribution is the same below every node: cap the depth
+            depth_limit = next((d for d in range(depth_limit) if not walk.keep(q[d])), depth_limit)
         rates = self.rates.rates
         toks: list[int] = []
         parents: list[int] = []
@@ -163,9 +207,13 @@ class Medusa(HeadDrafter):
                 tie += 1
 
         push(-1, 1, 1.0)
+        tip = -1  # the top-1 path's deepest node so far
         while heap and len(toks) < self.max_nodes:
             neg, _, parent, depth, r = heapq.heappop(heap)
             node = len(toks)
+            if r == 0 and parent == tip:
+                self._path[node] = depth
+                tip = node
             toks.append(ids[depth - 1][r])
             parents.append(parent)
             est.append(-neg)
@@ -188,8 +236,10 @@ class LevelDrafter(HeadDrafter):
         budget: Budget = 0,
         max_nodes: MaxNodes = 48,
         draft_vocab: DraftVocab = 8192,
+        stop_head: StopHead = "none",
+        stop_threshold: StopThreshold = 0.7,
     ) -> None:
-        super().__init__(ctx, heads, top_k, budget, max_nodes, draft_vocab)
+        super().__init__(ctx, heads, top_k, budget, max_nodes, draft_vocab, stop_head, stop_threshold)
         self.width = width
 
     def _add_children(self, depth, expanded, top_p, top_ids, rates, tree) -> list[tuple[int, float, object]]:
@@ -208,6 +258,24 @@ class LevelDrafter(HeadDrafter):
                 tags.append(bucket)
                 children.append((len(toks) - 1, e, carried))
         return children
+
+    def _stop_here(self, walk, tip, nodes, q) -> tuple[bool, int | None]:
+        """The stop rule at a level whose expanded ``nodes`` have the heads' distributions ``q``
+        ``[w, vocab]``: ``(stop, row)``, stop when the children of this level are past the depth
+        cap; ``row``: the top-1 path's ``tip`` among ``nodes`` (None: the walk has ended)."""
+        if walk is None or tip is None or tip not in nodes:
+            return False, None
+        row = nodes.index(tip)
+        return not walk.keep(q[row]), row
+
+    def _follow(self, row, children, depth) -> int | None:
+        """The top-1 path's next node: the first child of ``row`` (children come ``top_k`` per
+        expanded node, likeliest first)."""
+        if row is None:
+            return None
+        tip = children[row * self.top_k][0]
+        self._path[tip] = depth
+        return tip
 
 
 @register(
@@ -230,11 +298,16 @@ class Hydra(LevelDrafter):
         embed_root = self.embed(torch.tensor([tokens[-1]], device=h.device))  # [1, hidden]
         # the level being expanded: (node, estimate, embeddings of the root and the path [d, hidden])
         level = [(-1, 1.0, embed_root)]
+        walk, tip = self._start_walk(), -1  # the stop rule along the top-1 path, and its tip
         for depth in range(1, depth_limit + 1):
             prev = torch.stack([e for _, _, e in level])  # [w, depth, hidden]
             out = self.heads.head(depth - 1, h.expand(len(level), -1), prev)  # [w, hidden]
-            top_p, top_ids = self._top(out, self.top_k)  # [w][top_k]
+            top_p, top_ids, q = self._top(out, self.top_k)  # [w][top_k], q [w, vocab]
+            stop, row = self._stop_here(walk, tip, [n for n, _, _ in level], q)
+            if stop:
+                break
             children = self._add_children(depth, level, top_p, top_ids, rates, (toks, parents, est, tags))
+            tip = self._follow(row, children, depth)
             if depth == depth_limit or len(toks) >= self.max_nodes:
                 break
             children.sort(key=lambda c: -c[1])
@@ -265,13 +338,18 @@ class Clover(LevelDrafter):
         # the level being expanded: (node, estimate, the state above it, its token's embedding)
         root = self.embed(torch.tensor([tokens[-1]], device=h.device))[0]  # [hidden]
         level = [(-1, 1.0, h, root)]
+        walk, tip = self._start_walk(), -1  # the stop rule along the top-1 path, and its tip
         for depth in range(1, depth_limit + 1):
             states = self.heads.step(
                 depth - 1, torch.stack([s for _, _, s, _ in level]), torch.stack([e for _, _, _, e in level])
             )  # [w, hidden]
-            top_p, top_ids = self._top(states, self.top_k)  # [w][top_k]
+            top_p, top_ids, q = self._top(states, self.top_k)  # [w][top_k], q [w, vocab]
+            stop, row = self._stop_here(walk, tip, [n for n, _, _, _ in level], q)
+            if stop:
+                break
             expanded = [(node, base, state) for (node, base, _, _), state in zip(level, states, strict=True)]
             children = self._add_children(depth, expanded, top_p, top_ids, rates, (toks, parents, est, tags))
+            tip = self._follow(row, children, depth)
             if depth == depth_limit or len(toks) >= self.max_nodes:
                 break
             children.sort(key=lambda c: -c[1])
