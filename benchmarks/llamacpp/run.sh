@@ -16,6 +16,6 @@ uptime
 python benchmarks/llamacpp/calibrate.py "$fmt" "$threads"
 specdecode bench --backend llama.cpp "${dtype[@]}" --threads "$threads" --dataset spec-bench \
     --n-per-category "$n" --max-new-tokens 256 --warmup 1 \
-    --methods llama-ar,llama-pld,hf-ar,pld,hybrid --no-progress \
-    --out "benchmarks/llamacpp/smollm2-135m-$fmt-${n}x256.json"
+    --methods "${METHODS:-llama-ar,llama-pld,hf-ar,pld,hybrid,suffix}" --no-progress \
+    --out "benchmarks/llamacpp/smollm2-135m-$fmt-${n}x256${SUFFIX:-}.json"
 uptime
