@@ -29,9 +29,12 @@ def rows(path: Path) -> list[str]:
         split = " + ".join(f"{ms[k]:.0f}" for k in ("draft", "forward", "verify", "learn") if k in ms)
         ident = r.get("identical_to_ar")
         ident = "-" if ident is None else f"{ident}/{r['prompts']}"
+        same = [
+            p["results"][m].get("token_ids") == p["results"]["hf-ar"].get("token_ids") for p in d["prompts"]
+        ]
         out.append(
             f"| {path.stem} | {label} | {tps:.1f} | {' | '.join(ratios)} | "
-            f"{acc:.2f} | {split or '-'} | {ident} |"
+            f"{acc:.2f} | {split or '-'} | {ident} | {sum(same)}/{len(same)} |"
         )
     return out
 
@@ -40,7 +43,7 @@ def main(paths: list[str]) -> None:
     print(
         "| run | method | tok/s | x hf-ar | x hf-pld | x hybrid | accepted/forward | ms/step: draft + forward + verify + learn | identical to ar |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for p in paths:
         print("\n".join(rows(Path(p))))
 
