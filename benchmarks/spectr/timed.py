@@ -113,7 +113,7 @@ def main() -> None:
     for label, options, _ in decoders:
         recs = records[label]
         tps = statistics.median(r["tokens_per_s"] for r in recs)
-        ratios = [r["tokens_per_s"] / a["tokens_per_s"] for r, a in zip(recs, records["ar"])]
+        ratios = [r["tokens_per_s"] / a["tokens_per_s"] for r, a in zip(recs, records["ar"], strict=True)]
         # pooled over the steps of all prompts: tokens committed per target forward
         lengths = sum(r["accepted_after_prefill"] for r in recs) / max(1, sum(r["steps"] for r in recs))
         row = {
