@@ -41,7 +41,7 @@ def rows(path: Path) -> list[str]:
 
 def main(paths: list[str]) -> None:
     print(
-        "| run | method | tok/s | x hf-ar | x hf-pld | x hybrid | accepted/forward | ms/step: draft + forward + verify + learn | identical to ar |"
+        "| run | method | tok/s | x hf-ar | x hf-pld | x hybrid | accepted/forward | ms/step: draft + forward + verify + learn | identical to ar | same tokens as hf-ar |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for p in paths:
