@@ -2,10 +2,11 @@
 
 import pytest
 
-from specdecode.drafters.auto import AR, Chooser, workload
+from specdecode.drafters.auto import AR, Chooser, walk, workload
 from specdecode.drafters.base import Drafter
 from specdecode.engine import build_decoder
 from specdecode.errors import SpecDecodeError
+from specdecode.sampling import SamplingConfig
 from specdecode.tree import DraftTree
 
 pytestmark = pytest.mark.usefixtures("private_cache")
@@ -167,3 +168,64 @@ def test_a_candidate_that_reads_the_target_gets_the_reader(peaky):
         ran.append(r.method_ran)
     assert ran[:2] == ["swift", "pld"]
     assert dec.drafter.drafters["swift"].reader is not None  # the reader of its last request
+
+
+def test_walk_follows_greedy_acceptance():
+    # root -> 5 -> 6 -> 7, and a branch root -> 9; node 4 (8) hangs below node 1 (6)
+    tree = DraftTree([5, 6, 9, 7, 8], [-1, 0, -1, 1, 1])
+    assert walk(tree, [5, 6, 7, 1]) == 3
+    assert walk(tree, [5, 6, 8]) == 3
+    assert walk(tree, [9, 6]) == 1
+    assert walk(tree, [4]) == 0
+    assert walk(tree, [5, 6]) == 2  # the answer ends inside the tree
+    assert walk(DraftTree.empty(), [5]) == 0
+
+
+class Replayable(Scripted):
+    replayable = True
+
+
+def test_replay_ranks_methods_on_the_same_request(peaky):
+    # the first request runs plain decoding; both candidates are replayed over its answer, so
+    # the one whose drafts are right is chosen next, and the wrong one never has to run
+    ref = reference(peaky)
+    dec = build_decoder("auto", peaky, options={"methods": "pld,suffix", "first": "ar"})
+    auto = dec.drafter
+    vocab = peaky.model.config.vocab_size
+    use(auto, "pld", Replayable(ref, vocab, wrong=True))
+    use(auto, "suffix", Replayable(ref, vocab, wrong=False))
+    ran = []
+    for p in PROMPTS:
+        r = dec.generate_ids(p, max_new_tokens=N)
+        assert r.token_ids == ref[tuple(p)]
+        ran.append(r.method_ran)
+    assert ran == ["ar", "suffix", "suffix", "suffix"]
+    replays = auto.chooser.replays["short"]
+    assert replays["pld"].n == replays["suffix"].n == len(PROMPTS)
+    assert replays["pld"].mean < 1.0 < replays["suffix"].mean
+
+
+def test_no_replay_under_sampling(peaky):
+    dec = build_decoder("auto", peaky, options={"methods": "pld,suffix", "first": "ar"})
+    dec.generate_ids(PROMPTS[0], max_new_tokens=N, sampling=SamplingConfig(temperature=1.0, seed=0))
+    assert dec.drafter.chooser.replays == {}
+    dec.generate_ids(PROMPTS[0], max_new_tokens=N)
+    assert set(dec.drafter.chooser.replays["short"]) == {"pld", "suffix"}
+
+
+def test_replay_runs_before_the_answer_joins_the_memory(peaky, monkeypatch):
+    # suffix remembers finished answers; a replay after that would find the answer itself
+    import specdecode.drafters.auto as auto_mod
+
+    seen = []
+    real = auto_mod.replay_speedup
+
+    def spy(drafter, *args):
+        if hasattr(drafter, "memory"):
+            seen.append(len(drafter.memory.texts))
+        return real(drafter, *args)
+
+    monkeypatch.setattr(auto_mod, "replay_speedup", spy)
+    dec = build_decoder("auto", peaky, options={"methods": "suffix", "first": "suffix"})
+    dec.generate_ids(PROMPTS[0], max_new_tokens=N)
+    assert seen == [0] and len(dec.drafter.drafters["suffix"].memory.texts) == 1

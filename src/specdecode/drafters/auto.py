@@ -20,6 +20,18 @@ draft model (default: ``hybrid``, ``suffix``, ``pld``) and plain decoding (``ar`
   (below 1 once measured) loses to ``ar``, which is then chosen, and is retried only as its
   bound grows slowly with N. A workload not seen yet borrows the other workloads' means; the
   very first request goes to ``first`` (``hybrid``).
+- **What a request would have shown the others (greedy).** Comparing methods on different
+  requests is noisy: one request copies its prompt and another does not, so an early unlucky
+  draw can hide the better method for good. After a greedy request, every candidate whose
+  proposals depend on the tokens alone and write nothing shared (:attr:`Drafter.replayable`:
+  ``pld``, ``suffix``) is *replayed* over the answer just produced: its proposal at each step
+  is walked along the known answer (greedy acceptance is exactly that walk), and the step is
+  costed from the latency curve, ``t(n + 1, L)``, plus the drafting time measured and the
+  step overhead the request measured. Those methods are then ranked on the same requests, all
+  of them, not on the few each happened to serve; a method that cannot be replayed
+  (``hybrid``: its sources learn from the target's logits) keeps the measured record. Replays
+  run before the finished request's drafter hands its text to the shared state, so a method
+  never finds the answer in its own memory.
 - **Lossless** whichever method runs: each is. Under sampling the distribution is exact; a
   seed gives the same text only where the methods do (greedy, the Gumbel coupling).
 
@@ -39,6 +51,8 @@ from specdecode.drafters.base import Drafter, StepOutcome
 from specdecode.errors import SpecDecodeError
 from specdecode.registry import get_method, in_range, register
 from specdecode.tree import DraftTree
+
+REPLAY_EVERY = 4  # once a method has MEMORY replays on a workload, replay one request in this many
 
 AR = "ar"
 LONG_PROMPT = 256  # tokens: prompts at least this long are another workload
@@ -71,6 +85,7 @@ class Chooser:
     explore: float
     first: str
     arms: dict[str, dict[str, Arm]] = field(default_factory=dict)
+    replays: dict[str, dict[str, Arm]] = field(default_factory=dict)  # per workload: replayed speedups
     requests: dict[str, int] = field(default_factory=dict)  # per workload, ar's included
     last_ran: str | None = None
     history: list[tuple[str, str, float]] = field(default_factory=list)  # (workload, method, speedup)
@@ -86,8 +101,9 @@ class Chooser:
     def choose(self, work: str) -> str:
         here = self.arms.get(work, {})
         records = {}
+        replayed = self.replays.get(work, {})
         for m in self.methods:
-            arm = here.get(m)
+            arm = replayed.get(m) or here.get(m)  # the paired record first, where there is one
             records[m] = arm if arm is not None and arm.n else self.pooled(m, work)
         if all(r is None for r in records.values()):
             return self.first
@@ -107,6 +123,56 @@ class Chooser:
         self.requests[work] = self.requests.get(work, 0) + 1
         if method != AR:
             self.arms.setdefault(work, {}).setdefault(method, Arm()).add(speedup)
+
+    def record_replay(self, work: str, method: str, speedup: float) -> None:
+        self.replays.setdefault(work, {}).setdefault(method, Arm()).add(speedup)
+
+    def wants_replay(self, work: str, method: str) -> bool:
+        arm = self.replays.get(work, {}).get(method)
+        return arm is None or arm.n < MEMORY or self.requests.get(work, 0) % REPLAY_EVERY == 0
+
+
+def walk(tree: DraftTree, answer: list[int]) -> int:
+    """How many of ``tree``'s nodes greedy verification accepts when the target's answer is
+    ``answer`` (the tokens after the root): the longest root path that spells its prefix."""
+    node, accepted = -1, 0
+    children: dict[int, dict[int, int]] = {}
+    for i, (token, parent) in enumerate(zip(tree.tokens, tree.parents, strict=True)):
+        children.setdefault(parent, {}).setdefault(token, i)
+    while accepted < len(answer):
+        node = children.get(node, {}).get(answer[accepted], -2)
+        if node == -2:
+            break
+        accepted += 1
+    return accepted
+
+
+def replay_speedup(
+    drafter: Drafter, prompt: list[int], answer: list[int], sampling, curve, overhead: float
+) -> float:
+    """The speedup over plain decoding that ``drafter`` would have had on a greedy request
+    that produced ``answer`` after ``prompt``: its proposals walked along the answer, each step
+    costed ``t(n + 1, L) + drafting + overhead`` against ``t(1, L) + overhead`` per token for
+    plain decoding. ``drafter`` must be :attr:`~Drafter.replayable` (a fork is used; nothing is
+    learned from the replay, and :meth:`~Drafter.finish` is not called)."""
+    d = drafter.fork()
+    d.begin(prompt, sampling)
+    tokens = list(prompt) + answer[:1]
+    produced, spent, plain = 1, 0.0, 0.0
+    clock = time.perf_counter
+    while produced < len(answer):
+        room = len(answer) - produced - 1
+        t0 = clock()
+        tree = d.propose(tokens, room) if room >= 1 else DraftTree.empty()
+        draft = clock() - t0
+        accepted = walk(tree, answer[produced:])
+        context = len(tokens) - 1
+        step = accepted + 1
+        spent += curve.t(len(tree) + 1, context) + draft + overhead
+        plain += step * (curve.t(1, context) + overhead)
+        tokens.extend(answer[produced : produced + step])
+        produced += step
+    return plain / spent if spent > 0 else 1.0
 
 
 def parse_methods(text: str) -> list[str]:
@@ -170,6 +236,7 @@ class Auto(Drafter):
         self._reader = reader  # per generation: assigned, never shared with a fork's
 
     def begin(self, prompt_ids, sampling) -> None:
+        self.prompt, self.sampling = list(prompt_ids), sampling
         self.work = workload(prompt_ids)
         self.method_ran = self.chooser.choose(self.work)
         self.chooser.last_ran = self.method_ran
@@ -183,6 +250,8 @@ class Auto(Drafter):
         self.step_s = time.perf_counter() - start
         self.tokens = self.steps = 0
         self.ar_s = 0.0
+        self.overhead_s = 0.0  # verification and commit, summed over the steps
+        self.answer: list[int] | None = None
         self._t0 = self._t1 = None
 
     def propose(self, tokens: list[int], max_depth: int) -> DraftTree:
@@ -208,13 +277,28 @@ class Auto(Drafter):
         else:
             one = forward
         self.steps += 1
+        self.overhead_s += verify
+        self.answer = outcome.tokens  # the engine's committed tokens (extended in place)
         self.tokens += len(outcome.verdict.tokens)
         self.step_s += (t2 - t0) + learn
         self.ar_s += one + verify
 
     def finish(self) -> None:
+        self._replay()  # before the active drafter hands this answer to the shared state
         self.active.finish()
         self.idle[self.method_ran].append(self.active)
         if self.steps and self.step_s > 0 and self.ar_s > 0:
             speedup = (self.tokens / self.step_s) / (self.steps / self.ar_s)
             self.chooser.record(self.work, self.method_ran, speedup)
+
+    def _replay(self) -> None:
+        """Under greedy decoding, each replayable candidate's speedup on this very request."""
+        if self.answer is None or not self.steps or (self.sampling and self.sampling.temperature > 0):
+            return
+        answer = self.answer[len(self.prompt) :]
+        overhead = self.overhead_s / self.steps
+        for m in self.chooser.methods:
+            drafter = self.drafters[m]
+            if getattr(drafter, "replayable", False) and self.chooser.wants_replay(self.work, m):
+                x = replay_speedup(drafter, self.prompt, answer, self.sampling, self.curve, overhead)
+                self.chooser.record_replay(self.work, m, x)

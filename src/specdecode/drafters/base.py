@@ -74,6 +74,10 @@ class Drafter:
     # newest cached token; "kv": the committed KV rows); the decoder hands it a read-only
     # :class:`specdecode.target.TargetReader` through :meth:`attach` at each generation's start.
     reads_target: frozenset[str] = frozenset()
+    # True when a proposal depends only on the committed tokens and the learned state, and
+    # begin() + propose() on a fork write nothing shared: ``auto`` may then replay the drafter
+    # over a finished answer to learn what it would have gained there.
+    replayable = False
 
     def fork(self) -> Drafter:
         """A drafter for a concurrent generation: shares the learned state, not the per-generation

@@ -53,6 +53,8 @@ class NgramIndex:
 
 @register("pld", "prompt lookup: copy what followed the last n-gram's previous occurrence (no draft model)")
 class PromptLookup(CandidateDrafter):
+    replayable = True  # token-only proposals; begin() and candidates() touch per-generation state only
+
     def __init__(
         self,
         ctx,

@@ -97,6 +97,7 @@ class SuffixDrafter(PersistentState, CandidateDrafter):
     FILE_FORMAT, FILE_VERSION = FORMAT, FORMAT_VERSION
     LABEL, WHAT, KIND, EMPTY = "suffix", "suffix memory", "suffix memory", "an empty memory"
     REQUIRED, PATH_OPTION = frozenset({"tokens", "lengths"}), "memory_file"
+    replayable = True  # token-only proposals; begin() and candidates() touch per-generation state only
 
     def __init__(
         self,
