@@ -24,7 +24,7 @@ def main() -> None:
     torch.set_num_threads(1)
     rec = next(p for p in run["prompts"] if str(p["id"]) == pid)["turns"]
     ref, out = rec[turn][ref_name]["token_ids"], rec[turn][method]["token_ids"]
-    k = next(i for i, (a, b) in enumerate(zip(ref, out)) if a != b)
+    k = next(i for i, (a, b) in enumerate(zip(ref, out, strict=False)) if a != b)
     prompt = next(q for q in read_jsonl(spec_bench_path()) if str(q.id) == pid)
     lm = load_model(None, dtype="float32")
     first = lm.encode_prompt(prompt.text, raw=False)
@@ -34,7 +34,7 @@ def main() -> None:
         logits = lm.model(torch.tensor([ids])).logits[0, -1].float()
     top = torch.topk(logits, 3)
     print(f"context {len(ids)} tokens; first difference at {k}")
-    print("top-3:", [(int(i), round(float(v), 5)) for i, v in zip(top.indices, top.values)])
+    print("top-3:", [(int(i), round(float(v), 5)) for i, v in zip(top.indices, top.values, strict=True)])
     a, b = float(logits[ref[k]]), float(logits[out[k]])
     print(f"{ref_name} chose {ref[k]} ({a:.5f}), {method} chose {out[k]} ({b:.5f}); gap {abs(a - b):.5f}")
 
