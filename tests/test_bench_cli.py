@@ -89,8 +89,12 @@ def test_bench_cli_end_to_end(tiny_target, prompts_file, tmp_path, capsys, monke
         ]
     )
     assert bench.run(args) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "hf-pld" in printed and "wrote" in printed
+    # no curve cached: the run says that pld sizes its drafts from the fallback, and how to fix it
+    note = next(line for line in (captured.out + captured.err).splitlines() if "no latency curve" in line)
+    assert "pld" in note and "--calibrate" in note and "hf-pld" not in note
 
     data = json.loads(out.read_text())
     assert data["complete"] is True and data["interrupted"] is False

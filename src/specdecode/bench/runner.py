@@ -42,6 +42,7 @@ from specdecode.bench.measure import (
 from specdecode.bench.metrics import PromptRecord, first_difference
 from specdecode.bench.results import build_result, check_out_path, run_meta, write_json_atomic, write_outputs
 from specdecode.errors import SpecDecodeError
+from specdecode.registry import list_methods
 
 DEFAULT_METHODS = ("hf-ar", "hf-pld", "ar", "pld")
 REFERENCE = "ar"  # the output every method must reproduce under greedy decoding
@@ -220,6 +221,17 @@ class _Run:
         self.eos_ids = set(target.eos_token_ids)
         self.memory = MemoryMeter(self.device)
         self.curve = _latency_curve(config, target, log)
+        if self.curve is None and config.calibration == "cached":
+            drafting = {spec.name for spec in list_methods()} - {REFERENCE}
+            sized = [m for m in self.methods if m in drafting]
+            if sized:
+                log(
+                    f"note: no latency curve is cached for {target.name} ({target.device}, {target.dtype}, "
+                    f"{torch.get_num_threads()} threads), so {', '.join(sized)} size their drafts from a "
+                    "CPU-like fallback curve, and auto estimates plain decoding from it; add --calibrate "
+                    "(or run `specdecode calibrate` with the same model, dtype and --threads) to size "
+                    "them from this machine's timings"
+                )
         self.meta = run_meta(
             config, target=target, draft=draft, prompts=prompts, options=options, greedy=greedy,
             baseline=baseline, reference=self.reference, tolerance=self.tolerance,
