@@ -173,12 +173,12 @@ def test_a_candidate_that_reads_the_target_gets_the_reader(peaky):
 def test_walk_follows_greedy_acceptance():
     # root -> 5 -> 6 -> 7, and a branch root -> 9; node 4 (8) hangs below node 1 (6)
     tree = DraftTree([5, 6, 9, 7, 8], [-1, 0, -1, 1, 1])
-    assert walk(tree, [5, 6, 7, 1]) == 3
-    assert walk(tree, [5, 6, 8]) == 3
-    assert walk(tree, [9, 6]) == 1
-    assert walk(tree, [4]) == 0
-    assert walk(tree, [5, 6]) == 2  # the answer ends inside the tree
-    assert walk(DraftTree.empty(), [5]) == 0
+    assert walk(tree, [5, 6, 7, 1]) == [0, 1, 3]
+    assert walk(tree, [5, 6, 8]) == [0, 1, 4]
+    assert walk(tree, [9, 6]) == [2]
+    assert walk(tree, [4]) == []
+    assert walk(tree, [5, 6]) == [0, 1]  # the answer ends inside the tree
+    assert walk(DraftTree.empty(), [5]) == []
 
 
 class Replayable(Scripted):
@@ -220,12 +220,32 @@ def test_replay_runs_before_the_answer_joins_the_memory(peaky, monkeypatch):
     seen = []
     real = auto_mod.replay_speedup
 
-    def spy(drafter, *args):
+    def spy(drafter, *args, **kwargs):
         if hasattr(drafter, "memory"):
             seen.append(len(drafter.memory.texts))
-        return real(drafter, *args)
+        return real(drafter, *args, **kwargs)
 
     monkeypatch.setattr(auto_mod, "replay_speedup", spy)
     dec = build_decoder("auto", peaky, options={"methods": "suffix", "first": "suffix"})
     dec.generate_ids(PROMPTS[0], max_new_tokens=N)
     assert seen == [0] and len(dec.drafter.drafters["suffix"].memory.texts) == 1
+
+
+def test_replays_teach_the_methods_that_did_not_run(peaky, monkeypatch):
+    import specdecode.drafters.auto as auto_mod
+
+    learned = {}
+    real = auto_mod.replay_speedup
+
+    def spy(drafter, *args, learn=False):
+        learned[type(drafter).__name__] = learn
+        return real(drafter, *args, learn=learn)
+
+    monkeypatch.setattr(auto_mod, "replay_speedup", spy)
+    dec = build_decoder("auto", peaky, options={"methods": "pld,suffix", "first": "suffix"})
+    pld = dec.drafter.drafters["pld"]
+    before = {n: list(r.rates) for n, r in pld.rates.items()}
+    dec.generate_ids(PROMPTS[0], max_new_tokens=N)  # repeats itself: pld's drafts are judged
+    # suffix ran and learned from its real steps; pld, replayed, learned from the replay
+    assert learned == {"SuffixDrafter": False, "PromptLookup": True}
+    assert {n: list(r.rates) for n, r in pld.rates.items()} != before

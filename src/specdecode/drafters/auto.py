@@ -27,7 +27,9 @@ draft model (default: ``hybrid``, ``suffix``, ``pld``) and plain decoding (``ar`
   ``pld``, ``suffix``) is *replayed* over the answer just produced: its proposal at each step
   is walked along the known answer (greedy acceptance is exactly that walk), and the step is
   costed from the latency curve, ``t(n + 1, L)``, plus the drafting time measured and the
-  step overhead the request measured. Those methods are then ranked on the same requests, all
+  step overhead the request measured; a replayed method that did not run also learns from
+  it which of its proposals would have been accepted, so that when ``auto`` switches to it,
+  its draft sizes already fit the workload. Those methods are then ranked on the same requests, all
   of them, not on the few each happened to serve; a method that cannot be replayed
   (``hybrid``: its sources learn from the target's logits) keeps the measured record. Replays
   run before the finished request's drafter hands its text to the shared state, so a method
@@ -132,29 +134,38 @@ class Chooser:
         return arm is None or arm.n < MEMORY or self.requests.get(work, 0) % REPLAY_EVERY == 0
 
 
-def walk(tree: DraftTree, answer: list[int]) -> int:
-    """How many of ``tree``'s nodes greedy verification accepts when the target's answer is
+def walk(tree: DraftTree, answer: list[int]) -> list[int]:
+    """The nodes of ``tree`` that greedy verification accepts when the target's answer is
     ``answer`` (the tokens after the root): the longest root path that spells its prefix."""
-    node, accepted = -1, 0
+    node, path = -1, []
     children: dict[int, dict[int, int]] = {}
     for i, (token, parent) in enumerate(zip(tree.tokens, tree.parents, strict=True)):
         children.setdefault(parent, {}).setdefault(token, i)
-    while accepted < len(answer):
-        node = children.get(node, {}).get(answer[accepted], -2)
+    while len(path) < len(answer):
+        node = children.get(node, {}).get(answer[len(path)], -2)
         if node == -2:
             break
-        accepted += 1
-    return accepted
+        path.append(node)
+    return path
 
 
 def replay_speedup(
-    drafter: Drafter, prompt: list[int], answer: list[int], sampling, curve, overhead: float
+    drafter: Drafter,
+    prompt: list[int],
+    answer: list[int],
+    sampling,
+    curve,
+    overhead: float,
+    *,
+    learn: bool = False,
 ) -> float:
     """The speedup over plain decoding that ``drafter`` would have had on a greedy request
     that produced ``answer`` after ``prompt``: its proposals walked along the answer, each step
     costed ``t(n + 1, L) + drafting + overhead`` against ``t(1, L) + overhead`` per token for
-    plain decoding. ``drafter`` must be :attr:`~Drafter.replayable` (a fork is used; nothing is
-    learned from the replay, and :meth:`~Drafter.finish` is not called)."""
+    plain decoding. ``drafter`` must be :attr:`~Drafter.replayable`; a fork is used and
+    :meth:`~Drafter.finish` is not called, so the answer does not join what it remembers. With
+    ``learn``, each replayed proposal's verdict goes to its acceptance statistics
+    (:meth:`~specdecode.drafters.base.CandidateDrafter.replayed`)."""
     d = drafter.fork()
     d.begin(prompt, sampling)
     tokens = list(prompt) + answer[:1]
@@ -165,7 +176,10 @@ def replay_speedup(
         t0 = clock()
         tree = d.propose(tokens, room) if room >= 1 else DraftTree.empty()
         draft = clock() - t0
-        accepted = walk(tree, answer[produced:])
+        path = walk(tree, answer[produced:])
+        if learn and len(tree):
+            d.replayed(tree, path)
+        accepted = len(path)
         context = len(tokens) - 1
         step = accepted + 1
         spent += curve.t(len(tree) + 1, context) + draft + overhead
@@ -300,5 +314,15 @@ class Auto(Drafter):
         for m in self.chooser.methods:
             drafter = self.drafters[m]
             if getattr(drafter, "replayable", False) and self.chooser.wants_replay(self.work, m):
-                x = replay_speedup(drafter, self.prompt, answer, self.sampling, self.curve, overhead)
+                # a method that did not run learns its acceptance here (the one that ran
+                # learned from the real steps)
+                x = replay_speedup(
+                    drafter,
+                    self.prompt,
+                    answer,
+                    self.sampling,
+                    self.curve,
+                    overhead,
+                    learn=m != self.method_ran,
+                )
                 self.chooser.record_replay(self.work, m, x)

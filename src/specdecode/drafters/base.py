@@ -76,7 +76,8 @@ class Drafter:
     reads_target: frozenset[str] = frozenset()
     # True when a proposal depends only on the committed tokens and the learned state, and
     # begin() + propose() on a fork write nothing shared: ``auto`` may then replay the drafter
-    # over a finished answer to learn what it would have gained there.
+    # over a finished answer to learn what it would have gained there (and, through
+    # :meth:`replayed`, teach it which of those proposals greedy decoding would have accepted).
     replayable = False
 
     def fork(self) -> Drafter:
@@ -100,6 +101,10 @@ class Drafter:
 
     def observe(self, outcome: StepOutcome) -> None:
         """The target verified the last proposal."""
+
+    def replayed(self, tree: DraftTree, path: list[int]) -> None:
+        """A replay (``auto``) found that greedy verification would have accepted ``path`` of
+        the last proposal ``tree``; drafters that keep acceptance statistics learn from it."""
 
     # ---- composition (optional) -----------------------------------------------------------
     def candidates(self, tokens: list[int], max_depth: int) -> Candidates:
@@ -148,3 +153,11 @@ class CandidateDrafter(Drafter):
         tags = self._proposed
         judged = judged_children(outcome.tree, outcome.verdict.path)
         self.learn(outcome, [(tags[node], ok) for node, ok in judged])
+
+    def replayed(self, tree: DraftTree, path: list[int]) -> None:
+        """Learn from a replayed proposal (``tree``, the last :meth:`propose`'s) that greedy
+        verification would have accepted along ``path``: the same statistics as
+        :meth:`observe`, without a forward (``learn`` gets no outcome; only a replayable
+        drafter, whose ``learn`` reads none, is replayed)."""
+        tags = self._proposed
+        self.learn(None, [(tags[node], ok) for node, ok in judged_children(tree, path)])
