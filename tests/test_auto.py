@@ -2,12 +2,13 @@
 
 import pytest
 
-from specdecode.drafters.auto import AR, Chooser, walk, workload
+from specdecode.drafters.auto import AR, Chooser, workload
 from specdecode.drafters.base import Drafter
 from specdecode.engine import build_decoder
 from specdecode.errors import SpecDecodeError
 from specdecode.sampling import SamplingConfig
 from specdecode.tree import DraftTree
+from specdecode.verify import greedy_path
 
 pytestmark = pytest.mark.usefixtures("private_cache")
 
@@ -170,15 +171,15 @@ def test_a_candidate_that_reads_the_target_gets_the_reader(peaky):
     assert dec.drafter.drafters["swift"].reader is not None  # the reader of its last request
 
 
-def test_walk_follows_greedy_acceptance():
+def test_greedy_path_over_a_known_answer():
     # root -> 5 -> 6 -> 7, and a branch root -> 9; node 4 (8) hangs below node 1 (6)
     tree = DraftTree([5, 6, 9, 7, 8], [-1, 0, -1, 1, 1])
-    assert walk(tree, [5, 6, 7, 1]) == [0, 1, 3]
-    assert walk(tree, [5, 6, 8]) == [0, 1, 4]
-    assert walk(tree, [9, 6]) == [2]
-    assert walk(tree, [4]) == []
-    assert walk(tree, [5, 6]) == [0, 1]  # the answer ends inside the tree
-    assert walk(DraftTree.empty(), [5]) == []
+    assert greedy_path(tree, [5, 6, 7, 1]) == [0, 1, 3]
+    assert greedy_path(tree, [5, 6, 8]) == [0, 1, 4]
+    assert greedy_path(tree, [9, 6]) == [2]
+    assert greedy_path(tree, [4]) == []
+    assert greedy_path(tree, [5, 6]) == [0, 1]  # the answer ends inside the tree
+    assert greedy_path(DraftTree.empty(), [5]) == []
 
 
 class Replayable(Scripted):

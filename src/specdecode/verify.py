@@ -67,6 +67,14 @@ def verify_greedy(tree: DraftTree, logits: torch.Tensor) -> Verdict:  # logits: 
     return _walk(tree, logits.argmax(-1).tolist())
 
 
+def greedy_path(tree: DraftTree, answer: list[int]) -> list[int]:
+    """The nodes greedy verification accepts when the target's choices are already known:
+    ``answer`` holds the tokens it writes after the root (a replay over a finished answer).
+    Only the choices after accepted nodes are read, and those lie on the answer."""
+    best = [answer[0]] + [answer[d] if d < len(answer) else -1 for d in tree.depths()]
+    return _walk(tree, best).path
+
+
 def _walk(tree: DraftTree, best: list[int]) -> Verdict:
     """Follow the children that hold the target's choice ``best`` ``[n + 1]`` (after the root,
     after each node) as deep as they go; the choice after the last one is the bonus token."""

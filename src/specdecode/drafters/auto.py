@@ -53,6 +53,7 @@ from specdecode.drafters.base import Drafter, StepOutcome
 from specdecode.errors import SpecDecodeError
 from specdecode.registry import get_method, in_range, register
 from specdecode.tree import DraftTree
+from specdecode.verify import greedy_path
 
 REPLAY_EVERY = 4  # once a method has MEMORY replays on a workload, replay one request in this many
 
@@ -134,21 +135,6 @@ class Chooser:
         return arm is None or arm.n < MEMORY or self.requests.get(work, 0) % REPLAY_EVERY == 0
 
 
-def walk(tree: DraftTree, answer: list[int]) -> list[int]:
-    """The nodes of ``tree`` that greedy verification accepts when the target's answer is
-    ``answer`` (the tokens after the root): the longest root path that spells its prefix."""
-    node, path = -1, []
-    children: dict[int, dict[int, int]] = {}
-    for i, (token, parent) in enumerate(zip(tree.tokens, tree.parents, strict=True)):
-        children.setdefault(parent, {}).setdefault(token, i)
-    while len(path) < len(answer):
-        node = children.get(node, {}).get(answer[len(path)], -2)
-        if node == -2:
-            break
-        path.append(node)
-    return path
-
-
 def replay_speedup(
     drafter: Drafter,
     prompt: list[int],
@@ -176,7 +162,7 @@ def replay_speedup(
         t0 = clock()
         tree = d.propose(tokens, room) if room >= 1 else DraftTree.empty()
         draft = clock() - t0
-        path = walk(tree, answer[produced:])
+        path = greedy_path(tree, answer[produced:])
         if learn and len(tree):
             d.replayed(tree, path)
         accepted = len(path)
@@ -307,7 +293,7 @@ class Auto(Drafter):
 
     def _replay(self) -> None:
         """Under greedy decoding, each replayable candidate's speedup on this very request."""
-        if self.answer is None or not self.steps or (self.sampling and self.sampling.temperature > 0):
+        if self.answer is None or not self.steps or (self.sampling is not None and not self.sampling.greedy):
             return
         answer = self.answer[len(self.prompt) :]
         overhead = self.overhead_s / self.steps
